@@ -1,0 +1,45 @@
+# Copyright 2026 The modeling_croc authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Croc and X-Former as native transformers models; importing the package registers them with the Auto classes."""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from .configuration_croc import CrocConfig
+from .modeling_croc import CrocForConditionalGeneration, CrocModel, CrocPreTrainedModel
+
+__version__ = "0.1.0"
+
+# --- Croc registration ---
+AutoConfig.register("croc", CrocConfig, exist_ok=True)
+AutoModel.register(CrocConfig, CrocModel, exist_ok=True)
+AutoModelForImageTextToText.register(CrocConfig, CrocForConditionalGeneration, exist_ok=True)
+# Saved folders carry the code and an `auto_map`, so they load with `trust_remote_code=True` without this package.
+CrocConfig.register_for_auto_class()
+CrocModel.register_for_auto_class("AutoModel")
+CrocForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+# --- X-Former registration ---
+
+__all__ = [
+    "CrocConfig",
+    "CrocForConditionalGeneration",
+    "CrocModel",
+    "CrocPreTrainedModel",
+]
