@@ -1,0 +1,92 @@
+"""Shared test helpers: offline mode, tiny Croc configs and inputs, the official tiny reference."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = FIXTURES / "croc-tiny-official"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OFFICIAL_PLACEHOLDER = -200  # the official code's image sentinel id
+
+
+def tiny_croc_config(**overrides):
+    """A Croc config of ~100k parameters: 56 px images of 14 px patches -> 16 image tokens, GQA Llama."""
+    from modeling_croc import CrocConfig
+
+    vision = dict(
+        model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, image_size=56, patch_size=14, projection_dim=16,
+    )
+    text = dict(
+        model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=99, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    )
+    vision.update(overrides.pop("vision", {}))
+    text.update(overrides.pop("text", {}))
+    settings = dict(prompt_pool_size=16)
+    settings.update(overrides)
+    return CrocConfig(vision_config=vision, text_config=text, **settings)
+
+
+def tiny_croc_model(seed: int = 0, **overrides):
+    from modeling_croc import CrocForConditionalGeneration
+
+    torch.manual_seed(seed)
+    return CrocForConditionalGeneration(tiny_croc_config(**overrides)).eval()
+
+
+def image_prompt(config, text_before, text_after, images: int = 1) -> list[int]:
+    """Token ids: text, then `images` expanded image runs, then text (the processor's layout)."""
+    run = [config.image_token_id] * config.num_image_tokens
+    return [1, *text_before, *(run * images), *text_after]
+
+
+def pad_batch(rows: list[list[int]], side: str = "right", pad_id: int = 0):
+    """Pad id lists into `input_ids` and `attention_mask` tensors."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def random_pixels(config, num_images: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    size = config.vision_config.image_size
+    return torch.randn(num_images, 3, size, size, generator=generator)
+
+
+def expand_official_placeholder(row: torch.Tensor, image_token_id: int, num_image_tokens: int, fill) -> torch.Tensor:
+    """Official layout (one -200 per image) -> HF layout (`num_image_tokens` image tokens); `fill` for the run."""
+    at = int((row == OFFICIAL_PLACEHOLDER).nonzero()[0, 0])
+    run = torch.full((num_image_tokens,), fill if fill is not None else image_token_id, dtype=row.dtype)
+    return torch.cat([row[:at], run, row[at + 1 :]])
+
+
+@pytest.fixture(scope="session")
+def converted_official(tmp_path_factory):
+    """The official tiny checkpoint converted by the package's converter (function API), as a folder path."""
+    from conversion.convert_croc_to_hf import convert_croc_checkpoint
+
+    out = tmp_path_factory.mktemp("converted") / "croc-tiny"
+    tokenizer = OFFICIAL / "tokenizer"
+    convert_croc_checkpoint(
+        checkpoint=str(OFFICIAL / "croc"),
+        vision_tower=str(OFFICIAL / "clip"),
+        output=str(out),
+        tokenizer=str(tokenizer) if tokenizer.exists() else None,
+    )
+    return out
