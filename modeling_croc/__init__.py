@@ -36,6 +36,25 @@ CrocModel.register_for_auto_class("AutoModel")
 CrocForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 # --- X-Former registration ---
+from .configuration_xformer import XFormerConfig  # noqa: E402
+from .modeling_xformer import XFormerForConditionalGeneration, XFormerModel, XFormerPreTrainedModel  # noqa: E402
+from .processing_xformer import XFormerProcessor  # noqa: E402
+
+AutoConfig.register("xformer", XFormerConfig, exist_ok=True)
+AutoModel.register(XFormerConfig, XFormerModel, exist_ok=True)
+AutoModelForImageTextToText.register(XFormerConfig, XFormerForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(XFormerConfig, XFormerProcessor, exist_ok=True)
+XFormerConfig.register_for_auto_class()
+XFormerModel.register_for_auto_class("AutoModel")
+XFormerForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+_XFORMER_ALL = [
+    "XFormerConfig",
+    "XFormerForConditionalGeneration",
+    "XFormerModel",
+    "XFormerPreTrainedModel",
+    "XFormerProcessor",
+]
+# --- end X-Former registration ---
 
 __all__ = [
     "CrocConfig",
