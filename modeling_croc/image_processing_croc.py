@@ -335,20 +335,50 @@ class CrocImageProcessor(CLIPImageProcessorPil):
                 )
 
     @staticmethod
-    def _resized_shape(side: int, size) -> tuple[int, int]:
-        """The `(height, width)` the backend's `resize` gives a `side x side` image, computed from the shape only."""
+    def _resized_shape(height: int, width: int, size) -> tuple[int, int]:
+        """The `(height, width)` the backend's `resize` gives a `height x width` image, computed from the shape only."""
         if size.shortest_edge and size.longest_edge:
-            return get_size_with_aspect_ratio((side, side), size.shortest_edge, size.longest_edge)
+            return get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
         if size.shortest_edge:
-            shape_only = np.broadcast_to(np.zeros((), dtype=np.uint8), (3, side, side))
+            shape_only = np.broadcast_to(np.zeros((), dtype=np.uint8), (3, height, width))
             return get_resize_output_image_size(
                 shape_only, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
             )
         if size.max_height and size.max_width:
-            return get_image_size_for_max_height_width((side, side), size.max_height, size.max_width)
+            return get_image_size_for_max_height_width((height, width), size.max_height, size.max_width)
         if size.height and size.width:
             return size.height, size.width
         raise ValueError(f"Unsupported size {dict(size)}: use shortest_edge, height/width or max_height/max_width.")
+
+    def output_image_size(
+        self,
+        height: int,
+        width: int,
+        image_aspect_ratio: str | None = None,
+        do_resize: bool | None = None,
+        size=None,
+        do_center_crop: bool | None = None,
+        crop_size=None,
+        **kwargs,
+    ) -> tuple[int, int]:
+        """
+        The `(height, width)` of the `pixel_values` made from a `height x width` input, without processing it.
+
+        Arguments left as `None` take the processor's own values; other keyword arguments are ignored.
+        """
+        image_aspect_ratio = image_aspect_ratio or self.image_aspect_ratio
+        do_resize = self.do_resize if do_resize is None else do_resize
+        do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
+        sizes = self._standardize_kwargs(
+            size=size or self.size, crop_size=crop_size or self.crop_size, default_to_square=self.default_to_square
+        )
+        if image_aspect_ratio == "pad":
+            height = width = max(height, width)
+        if do_resize:
+            height, width = self._resized_shape(height, width, sizes["size"])
+        if do_center_crop:
+            height, width = sizes["crop_size"].height, sizes["crop_size"].width
+        return int(height), int(width)
 
     def _pad_and_resize(self, image: np.ndarray, fill_color: tuple[int, ...], size, resample) -> np.ndarray:
         """
@@ -359,7 +389,7 @@ class CrocImageProcessor(CLIPImageProcessorPil):
         side = max(height, width)
         canvas = PIL.Image.new("RGB", (side, side), fill_color)
         canvas.paste(PIL.Image.fromarray(image.transpose(1, 2, 0)), ((side - width) // 2, (side - height) // 2))
-        out_height, out_width = self._resized_shape(side, size)
+        out_height, out_width = self._resized_shape(side, side, size)
         resample = PILImageResampling.BILINEAR if resample is None else resample
         resized = canvas.resize((out_width, out_height), resample=resample, reducing_gap=None)
         return np.asarray(resized).transpose(2, 0, 1)
