@@ -14,9 +14,11 @@
 """PyTorch Croc model: LLaVA-1.5 with L2-normalised image tokens and the cross-modal comprehension objective."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -102,6 +104,21 @@ class CrocCausalLMOutputWithPast(ModelOutput):
     pool_assignment: torch.LongTensor | None = None
 
 
+def find_unreadable_weights_file(folder) -> Path | None:
+    """The first safetensors file in a local folder whose header or data cannot be read, or None."""
+    folder = Path(str(folder))
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    handle.get_slice(name)
+        except (SafetensorError, OSError):
+            return path
+    return None
+
+
 class CrocMultiModalProjector(nn.Module):
     """Two-layer MLP from vision width to text width (official `mlp2x_gelu`): `[N, L, Dv]` -> `[N, L, H]`."""
 
@@ -130,6 +147,20 @@ class CrocPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, but a corrupt or truncated weights file is named in the error."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (SafetensorError, RuntimeError) as error:
+            culprit = find_unreadable_weights_file(pretrained_model_name_or_path)
+            if culprit is None:
+                raise
+            raise OSError(
+                f"Cannot load {cls.__name__} from {pretrained_model_name_or_path}: the weights file {culprit} is "
+                f"corrupt or truncated ({error}). Re-download or re-convert it."
+            ) from error
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -279,6 +310,7 @@ class CrocModel(CrocPreTrainedModel):
                 f"pixel_values were given (0 image features)"
             )
 
+        self.check_sequence_length(inputs_embeds.shape[1], past_key_values)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -296,6 +328,16 @@ class CrocModel(CrocPreTrainedModel):
             replace_mask=replace_mask if pool_assignment is not None else None,
             pool_assignment=pool_assignment,
         )
+
+    def check_sequence_length(self, num_new: int, past_key_values: Cache | None) -> None:
+        """Refuse sequences longer than the language model's positions (a clear error instead of silent drift)."""
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if limit is not None and past + num_new > limit:
+            raise ValueError(
+                f"The sequence has {past + num_new} positions (image tokens included) but the language model has "
+                f"{limit} (text_config.max_position_embeddings). Shorten the text or use fewer images."
+            )
 
     def replace_image_tokens(self, image_features: torch.Tensor, replace_mask: torch.BoolTensor | None):
         """Comprehension stage: swap the chosen image tokens for matched prompt-pool rows."""
