@@ -22,7 +22,9 @@ from transformers import (
 )
 
 from .configuration_croc import CrocConfig
+from .image_processing_croc import CrocImageProcessor
 from .modeling_croc import CrocForConditionalGeneration, CrocModel, CrocPreTrainedModel
+from .processing_croc import CrocProcessor
 
 __version__ = "0.1.0"
 
@@ -30,10 +32,14 @@ __version__ = "0.1.0"
 AutoConfig.register("croc", CrocConfig, exist_ok=True)
 AutoModel.register(CrocConfig, CrocModel, exist_ok=True)
 AutoModelForImageTextToText.register(CrocConfig, CrocForConditionalGeneration, exist_ok=True)
+AutoImageProcessor.register(CrocConfig, image_processor_classes={"pil": CrocImageProcessor}, exist_ok=True)
+AutoProcessor.register(CrocConfig, CrocProcessor, exist_ok=True)
 # Saved folders carry the code and an `auto_map`, so they load with `trust_remote_code=True` without this package.
 CrocConfig.register_for_auto_class()
 CrocModel.register_for_auto_class("AutoModel")
 CrocForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+CrocImageProcessor.register_for_auto_class("AutoImageProcessor")
+CrocProcessor.register_for_auto_class("AutoProcessor")
 
 # --- X-Former registration ---
 from .configuration_xformer import XFormerConfig  # noqa: E402
@@ -59,6 +65,9 @@ _XFORMER_ALL = [
 __all__ = [
     "CrocConfig",
     "CrocForConditionalGeneration",
+    "CrocImageProcessor",
     "CrocModel",
     "CrocPreTrainedModel",
+    "CrocProcessor",
+    *_XFORMER_ALL,
 ]
