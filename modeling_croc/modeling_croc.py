@@ -38,6 +38,7 @@ from .comprehension import (
     to_additive_mask,
 )
 from .configuration_croc import CrocConfig
+from .hub_croc import CrocHubMixin
 
 
 @dataclass
@@ -136,7 +137,7 @@ class CrocMultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(image_features)))
 
 
-class CrocPreTrainedModel(PreTrainedModel):
+class CrocPreTrainedModel(CrocHubMixin, PreTrainedModel):
     config: CrocConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
