@@ -38,6 +38,7 @@ from transformers.models.vit_mae.modeling_vit_mae import ViTMAEDecoder, ViTMAEMo
 from transformers.utils import ModelOutput
 
 from .configuration_xformer import XFormerConfig
+from .hub_croc import CrocHubMixin
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class XFormerLMHead(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class XFormerPreTrainedModel(PreTrainedModel):
+class XFormerPreTrainedModel(CrocHubMixin, PreTrainedModel):
     config: XFormerConfig
     base_model_prefix = "xformer"
     main_input_name = "pixel_values"
