@@ -89,6 +89,8 @@ class XFormerConfig(PreTrainedConfig):
         image_token_index (`int`, *optional*): LLM placeholder id receiving the projected Z' in stage 2. `None`
             (default) prefixes the visual tokens to the text instead.
         initializer_range (`float`, defaults to 0.02): std of new weights (BERT / BLIP-2).
+        tie_word_embeddings (`bool`, defaults to `True`): tie the ITG head's decoder to the Q-Former word
+            embeddings (BERT's MLM head, as LAVIS). The stage-2 LLM follows its own `text_config`.
 
     Example:
 
@@ -139,6 +141,7 @@ class XFormerConfig(PreTrainedConfig):
     image_token_index: int | None = None
     initializer_range: float = 0.02
     initializer_factor: float = 1.0
+    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

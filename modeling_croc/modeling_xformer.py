@@ -373,6 +373,25 @@ class XFormerPreTrainedModel(CrocHubMixin, PreTrainedModel):
         elif isinstance(module, Blip2TextEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
 
+    # -- freezing ------------------------------------------------------------------------------------------------------
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen parts: both encoders and the MAE decoder (frozen, yet never run under no_grad)."""
+        return [getattr(self, name) for name in ("vision_model", "mae_encoder", "mae_decoder") if hasattr(self, name)]
+
+    def freeze(self):
+        """`requires_grad=False` on the frozen parts (called at construction and again after loading weights)."""
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading re-creates parameters with `requires_grad=True`; re-apply the freeze.
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.freeze()
+        return loaded
+
     # -- construction helpers ------------------------------------------------------------------------------------------
 
     def _build_visual_path(self, config: XFormerConfig):
@@ -383,14 +402,11 @@ class XFormerPreTrainedModel(CrocHubMixin, PreTrainedModel):
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
         self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
         self.dual_cross_attention = XFormerDualCrossAttention(config, self.qformer.config)
-        self.vision_model.requires_grad_(False)
-        self.mae_encoder.requires_grad_(False)
 
     def _build_mae_decoder(self, config: XFormerConfig):
         self.mae_decoder = ViTMAEDecoder(config.mae_config, num_patches=config.mae_num_patches)
         # ViTMAEDecoder keeps a private config copy that no attention dispatch reaches: follow the encoder's.
         self.mae_decoder.config._attn_implementation = self.mae_encoder.config._attn_implementation
-        self.mae_decoder.requires_grad_(False)  # frozen, but never under no_grad: gradients must reach M'
 
     # -- frozen encoders -----------------------------------------------------------------------------------------------
 
@@ -482,16 +498,17 @@ class XFormerModel(XFormerPreTrainedModel):
     through the frozen MAE decoder. Frozen: `vision_model`, `mae_encoder`, `mae_decoder`.
     """
 
+    # Regexes searched in parameter names: anchored so that `vision_model.embeddings` stays half precision.
     _keep_in_fp32_modules = [
         "query_tokens",
         "qformer",
         "dual_cross_attention",
-        "embeddings",
-        "vision_projection",
-        "text_projection",
-        "itm_head",
-        "lm_head",
-        "temp",
+        r"^embeddings\.",
+        r"^vision_projection\.",
+        r"^text_projection\.",
+        r"^itm_head\.",
+        r"^lm_head\.",
+        r"^temp$",
     ]
     _tied_weights_keys = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight"}
 
@@ -506,6 +523,7 @@ class XFormerModel(XFormerPreTrainedModel):
         self.itm_head = nn.Linear(qformer_config.hidden_size, 2)
         self.lm_head = XFormerLMHead(qformer_config)
         self.temp = nn.Parameter(torch.tensor(config.itc_temperature_init))
+        self.freeze()
         self.post_init()
 
     def get_input_embeddings(self):
@@ -753,12 +771,20 @@ class XFormerForConditionalGeneration(XFormerPreTrainedModel, GenerationMixin):
             self._build_mae_decoder(config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.language_model.requires_grad_(False)
-        if config.freeze_qformer_stage2:
-            for module in (self.qformer, self.dual_cross_attention):
-                module.requires_grad_(False)
-            self.query_tokens.requires_grad_(False)
+        self.freeze()
         self.post_init()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Stage 2 also freezes the LLM, and with `freeze_qformer_stage2` the Q-Former, queries and dual block."""
+        frozen = super().frozen_modules() + [self.language_model]
+        if self.config.freeze_qformer_stage2:
+            frozen += [self.qformer, self.dual_cross_attention]
+        return frozen
+
+    def freeze(self):
+        super().freeze()
+        if self.config.freeze_qformer_stage2:
+            self.query_tokens.requires_grad_(False)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
