@@ -29,12 +29,12 @@ VICUNA_V1_SYSTEM_PROMPT = (
 # The official `conv_vicuna_v1` format (LLaVA-1.5 / Croc stages 1.5, 2 and inference):
 #   "{system} USER: <image>\n{instruction} ASSISTANT: {answer}</s>USER: {instruction} ASSISTANT: {answer}</s>"
 # A system message replaces the default system prompt. Image placeholders of a user message (content blocks of type
-# "image" or literal "<image>" strings) move to its start, one "<image>\n" each, and its text is stripped, as the
-# official `preprocess_multimodal` does. Text blocks of one message are joined with "\n". The generation prompt is
-# "ASSISTANT:" without a trailing space. Assistant answers are wrapped in {% generation %} so that
-# `return_assistant_tokens_mask=True` marks exactly the official supervised span (answer + "</s>").
+# "image" or literal "<image>" strings) move to its start, one "<image>\n" each, and the result is stripped, as the
+# official `preprocess_multimodal` does (so an image-only turn reads "USER: <image> ASSISTANT:"). Text blocks of one
+# message are joined with "\n". The generation prompt is "ASSISTANT:" without a trailing space. Answers are wrapped in
+# {% generation %}, so `return_assistant_tokens_mask=True` marks exactly the official supervised span (answer + "</s>").
 CROC_CHAT_TEMPLATE = (
-    "{%- set default_system = \"" + VICUNA_V1_SYSTEM_PROMPT.replace("'", "\\'") + "\" -%}"
+    "{%- set default_system = \"" + VICUNA_V1_SYSTEM_PROMPT + "\" -%}"
     """
 {%- macro message_text(content) -%}
     {%- if content is string -%}
@@ -71,7 +71,7 @@ CROC_CHAT_TEMPLATE = (
         {%- set num_images = image_count(message['content']) | int -%}
         {%- set text = message_text(message['content']) -%}
         {%- if num_images > 0 -%}
-            {%- set text = '<image>\n' * num_images + (text.replace('<image>', '') | trim) -%}
+            {%- set text = ('<image>\n' * num_images + (text.replace('<image>', '') | trim)) | trim -%}
         {%- endif -%}
         {{- 'USER: ' + text + ' ' -}}
     {%- else -%}

@@ -242,6 +242,9 @@ def test_image_placeholder_moves_to_the_start(processor):
     llava_style = {"role": "user", "content": "Describe <image> it.\n"}
     prompt = processor.apply_chat_template([llava_style], add_generation_prompt=True)
     assert prompt == f"{SYSTEM} USER: <image>\nDescribe  it. ASSISTANT:"
+    image_only = {"role": "user", "content": [{"type": "image"}]}
+    prompt = processor.apply_chat_template([image_only], add_generation_prompt=True)
+    assert prompt == f"{SYSTEM} USER: <image> ASSISTANT:"  # the official `.strip()` drops the lone "\n"
 
 
 def test_roles_must_alternate(processor):
