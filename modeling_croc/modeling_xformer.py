@@ -394,13 +394,17 @@ class XFormerPreTrainedModel(CrocHubMixin, PreTrainedModel):
 
     # -- construction helpers ------------------------------------------------------------------------------------------
 
-    def _build_visual_path(self, config: XFormerConfig):
+    def _build_visual_path(self, config: XFormerConfig, with_text_ffn: bool = True):
         """CLIP tower, MAE encoder, queries, Q-Former and dual block (the children both stages share)."""
         self.vision_model = Blip2VisionModel._from_config(config.vision_config)
         # The MAE encoder gets a private config copy: its masking ratio is switched per call (train / eval).
         self.mae_encoder = ViTMAEModel._from_config(copy.deepcopy(config.mae_config))
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
-        self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
+        qformer_config = config.qformer_config
+        if not with_text_ffn:  # stage 2 never feeds text to the Q-Former: no text FFNs (BLIP-2's stage-2 layout)
+            qformer_config = copy.deepcopy(qformer_config)
+            qformer_config.use_qformer_text_input = False
+        self.qformer = Blip2QFormerModel._from_config(qformer_config)
         self.dual_cross_attention = XFormerDualCrossAttention(config, self.qformer.config)
 
     def _build_mae_decoder(self, config: XFormerConfig):
@@ -760,13 +764,14 @@ class XFormerForConditionalGeneration(XFormerPreTrainedModel, GenerationMixin):
         r"^lm_head\.",
         r"^temp$",
         r"^mae_decoder\.",
+        r"^qformer\.encoder\.layer\.\d+\.(intermediate|output)\.",  # stage-1 text FFNs
     ]
 
     def __init__(self, config: XFormerConfig):
         super().__init__(config)
         if config.text_config is None:
             raise ValueError("XFormerForConditionalGeneration needs `config.text_config` (the frozen LLM).")
-        self._build_visual_path(config)
+        self._build_visual_path(config, with_text_ffn=False)
         if config.reconstruction_in_stage2:
             self._build_mae_decoder(config)
         self.language_projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size)

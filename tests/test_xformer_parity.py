@@ -101,7 +101,8 @@ def test_stage2_logits_match_blip2_for_conditional_generation():
     torch.manual_seed(0)
     model = XFormerForConditionalGeneration(tiny_config()).eval()
     model.fuse = lambda query_states, mae_tokens: (query_states, mae_tokens)  # bypass the dual block: Z' := Z_q
-    blip2 = load_shared_weights(Blip2ForConditionalGeneration(blip2_config()), model)
+    stage2_qformer = tiny_qformer_config(use_qformer_text_input=False)
+    blip2 = load_shared_weights(Blip2ForConditionalGeneration(blip2_config(qformer_config=stage2_qformer)), model)
     batch = tiny_batch(batch_size=2)
     text_ids = torch.randint(3, 90, (2, 6), generator=torch.Generator().manual_seed(0))
     blip_ids = torch.cat([torch.full((2, 4), IMAGE_TOKEN), text_ids], dim=1)
