@@ -385,7 +385,9 @@ def write_adapter_card(folder, base_model: str | None, repo_id: str | None = Non
     existing = ModelCard.load(path) if path.exists() else None
     card = adapter_card(base_model, repo_id, notes=notes)
     if existing is not None and existing.data.get("tags"):
-        card.data.tags = list(dict.fromkeys([*card.data.tags, *existing.data.tags]))
+        # keep PEFT's library tags, not its `base_model:adapter:<local path>` tag (the card states `base_model`)
+        kept = [tag for tag in existing.data.tags if not str(tag).startswith("base_model:")]
+        card.data.tags = list(dict.fromkeys([*card.data.tags, *kept]))
     card.save(path)
 
 
