@@ -34,6 +34,12 @@ QFORMER_ATTENTION_LINEARS = ("attention.attention.query", "attention.attention.k
 QFORMER_MLP_LINEARS = ("intermediate.dense", "output.dense", "intermediate_query.dense", "output_query.dense")
 XFORMER_STAGE1_HEADS = ("vision_projection", "text_projection", "itm_head")
 XFORMER_STAGE2_TARGETS = ("language_model", "language_projection")
+# Modules QLoRA keeps unquantized. transformers matches these from the start of the qualified name (or as a suffix).
+QLORA_FULL_PRECISION_MODULES = (
+    "model.vision_tower", "model.multi_modal_projector", "lm_head", "reconstruction_head",  # Croc
+    "vision_model", "mae_encoder", "mae_decoder", "qformer", "dual_cross_attention", "language_projection",  # X-Former
+    "language_model.lm_head",
+)
 
 
 def _alternatives(names) -> str:
@@ -236,10 +242,7 @@ def qlora_quantization_config(compute_dtype: torch.dtype = torch.bfloat16):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
-        llm_int8_skip_modules=[
-            "vision_tower", CROC_PROJECTOR, "lm_head", "reconstruction_head", "prompt_pool",
-            "vision_model", "mae_encoder", "mae_decoder", "qformer", "dual_cross_attention", "language_projection",
-        ],
+        llm_int8_skip_modules=list(QLORA_FULL_PRECISION_MODULES),
     )
 
 
@@ -286,6 +289,7 @@ __all__ = [
     "prepare_lora_model",
     "qlora_available",
     "qlora_quantization_config",
+    "QLORA_FULL_PRECISION_MODULES",
     "xformer_lora_config",
     "xformer_stage1_target_regex",
 ]

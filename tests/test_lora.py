@@ -269,6 +269,7 @@ def lora_gradients(activation_checkpointing: bool):
     model = tiny_croc_model()
     if activation_checkpointing:
         model.activation_checkpointing_enable()
+        assert model.is_activation_checkpointing
     peft_model = get_peft_model(model, croc_lora_config(r=4, lora_dropout=0.0, init_lora_weights=False))
     peft_model.train()
     dataset = ConversationTensors(model.config, size=2)
@@ -339,6 +340,21 @@ def test_adapter_reload_and_merge_give_the_same_logits(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- QLoRA
+
+
+def test_qlora_quantizes_only_the_language_model_linears():
+    # Runs on CPU: checks the skip list with the same matcher transformers' bitsandbytes integration uses.
+    from test_xformer_helpers import tiny_config
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from modeling_croc import XFormerForConditionalGeneration
+
+    skip = qlora_quantization_config().llm_int8_skip_modules
+    for model, language_model in ((tiny_croc_model(), "model.language_model."),
+                                  (XFormerForConditionalGeneration(tiny_config()), "language_model.model.")):
+        linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+        quantized = [name for name in linears if should_convert_module(name, skip)]
+        assert quantized == [name for name in linears if name.startswith(language_model)]
 
 
 @pytest.mark.skipif(not qlora_available(), reason="QLoRA needs bitsandbytes and a CUDA GPU; this run has neither")
