@@ -15,10 +15,15 @@
 
 import re
 
-from tokenizers import AddedToken
+from transformers import AddedToken
+from transformers import processing_utils
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 
 from .image_processing_croc import CrocImageProcessor, CrocImageProcessorKwargs, flatten_images
+
+
+# transformers' prefix that skips placeholders the user marked as plain text (`sanitize_control_tokens`), if any.
+UNMARKED_PREFIX = getattr(processing_utils, "_UNMARKED", "")
 
 
 VICUNA_V1_SYSTEM_PROMPT = (
@@ -243,7 +248,7 @@ class CrocProcessor(ProcessorMixin):
         """Refuse outputs where truncation removed image tokens: a cut image run cannot be spliced by the model."""
         for sample_idx, (sample_text, sample_ids) in enumerate(zip(text, text_inputs["input_ids"])):
             sample_ids = sample_ids.tolist() if hasattr(sample_ids, "tolist") else list(sample_ids)
-            expected = len(re.findall(re.escape(self.image_token), sample_text))
+            expected = len(re.findall(UNMARKED_PREFIX + re.escape(self.image_token), sample_text))
             kept = sample_ids.count(self.image_token_id)
             if kept != expected:
                 raise ValueError(

@@ -327,3 +327,21 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
     assert actual["input_ids"][0].tolist().count(320) == 5
     torch.testing.assert_close(actual["input_ids"], expected["input_ids"])
     torch.testing.assert_close(actual["pixel_values"], expected["pixel_values"])
+
+
+def test_remote_code_modules_import_only_allowed_packages():
+    """image_processing_croc.py / processing_croc.py are copied into Hub repos for `trust_remote_code`."""
+    import ast
+    import sys
+
+    allowed = {"transformers", "torch", "numpy", "PIL"} | set(sys.stdlib_module_names)
+    for name in ("image_processing_croc.py", "processing_croc.py"):
+        tree = ast.parse((Path(__file__).resolve().parents[1] / "modeling_croc" / name).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = set() if node.level > 0 else {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{name} imports {roots - allowed}"
