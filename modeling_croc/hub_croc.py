@@ -18,9 +18,16 @@ import re
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
-from transformers.utils.hub import hf_api
+
+try:  # transformers' shared client, tagged with its library name (recent 5.x)
+    from transformers.utils.hub import hf_api
+except ImportError:  # older releases: a plain client
+
+    def hf_api() -> HfApi:
+        return HfApi()
+
 
 CARD_MARKER = "<!-- model card written by modeling_croc -->"
 # Sentence of the placeholder card transformers uploads when a repo has none (replaced by ours when found).
