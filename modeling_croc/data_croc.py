@@ -60,6 +60,11 @@ class LlavaConversationDataset(Dataset):
         relative_path = self.samples[index].get("image")
         if relative_path is None:
             return None
+        if not isinstance(relative_path, (str, os.PathLike)):
+            raise ValueError(
+                f"Sample {self.samples[index].get('id', index)}: 'image' must be one path (Croc takes one image per "
+                f"sample), got {type(relative_path).__name__}."
+            )
         if self.image_folder is None:
             raise ValueError(f"Sample {self.samples[index].get('id', index)} has an image but no image_folder was given.")
         return os.path.join(self.image_folder, relative_path)
@@ -201,7 +206,10 @@ class CrocDataCollator:
         """Prompt text and supervised character spans of one conversation."""
         if self.conversation_format == "plain":
             return render_plain(conversations, self.processor.image_token)
-        text, spans = render_v1(conversations, self.processor.chat_template)
+        chat_template = self.processor.chat_template
+        if isinstance(chat_template, dict):
+            chat_template = chat_template["default"]
+        text, spans = render_v1(conversations, chat_template)
         has_answers = any(turn.get("from") == "gpt" for turn in conversations)
         if has_answers and not spans:
             raise ValueError("The processor's chat template marks no answers: it needs {% generation %} blocks.")
@@ -209,7 +217,10 @@ class CrocDataCollator:
 
     def tokenize_with_labels(self, sample_id, conversations: list[dict]) -> tuple[list[int], list[int]]:
         """Token ids (one id per image placeholder) and labels of one conversation, checked against its spans."""
-        text, spans = self.render(conversations)
+        try:
+            text, spans = self.render(conversations)
+        except Exception as error:
+            raise ValueError(f"Sample {sample_id} cannot be formatted: {error}") from error
         encoding = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
         input_ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
         mask = supervised_token_mask(offsets, spans)

@@ -101,6 +101,9 @@ def test_dataset_errors(tmp_path):
     no_folder = LlavaConversationDataset([{"id": "x", "image": "a.png", "conversations": []}])
     with pytest.raises(ValueError, match="image_folder"):
         no_folder[0]
+    several = LlavaConversationDataset([{"id": "x", "image": ["a.png", "b.png"], "conversations": []}], str(tmp_path))
+    with pytest.raises(ValueError, match="one image per sample"):
+        several[0]
     missing = LlavaConversationDataset([{"id": "x", "image": "a.png", "conversations": []}], str(tmp_path))
     with pytest.raises(FileNotFoundError, match="a.png"):
         missing[0]
@@ -308,3 +311,13 @@ def test_plain_format_needs_one_caption_turn(processor, samples_by_id):
         collator([samples_by_id["multi-turn-2"]])
     with pytest.raises(ValueError, match="conversation_format"):
         CrocDataCollator(processor, conversation_format="llama_2")
+
+
+def test_malformed_conversation_names_the_sample(processor):
+    sample = {
+        "id": "two-questions",
+        "image": None,
+        "conversations": [{"from": "human", "value": "Hi?"}, {"from": "human", "value": "Hello?"}],
+    }
+    with pytest.raises(ValueError, match="Sample two-questions cannot be formatted.*alternate"):
+        CrocDataCollator(processor)([sample])
