@@ -200,8 +200,8 @@ def hwc_to_rgb(values: np.ndarray) -> np.ndarray:
     raise ValueError(f"Images must have 1, 2, 3 or 4 channels, got {num_channels}.")
 
 
-def array_to_rgb_array(values, input_data_format=None) -> np.ndarray:
-    """Convert a numpy array (channels-last by default) or torch tensor (channels-first by default) to `(H, W, 3)` uint8."""
+def array_to_hwc_uint8(values, input_data_format=None) -> np.ndarray:
+    """A numpy array (channels-last by default) or torch tensor (channels-first by default) as `(H, W, C)` uint8."""
     is_tensor = isinstance(values, torch.Tensor)
     if is_tensor:
         values = values.detach().cpu()
@@ -211,7 +211,9 @@ def array_to_rgb_array(values, input_data_format=None) -> np.ndarray:
     if values.ndim not in (2, 3):
         raise ValueError(f"A single image must have 2 or 3 dimensions, got shape {tuple(values.shape)}.")
     values = channels_last(values, input_data_format, prefer_channels_first=is_tensor)
-    return hwc_to_rgb(array_to_uint8(values))
+    if values.size == 0:
+        raise ValueError(f"Image has an empty dimension: shape {tuple(values.shape)}.")
+    return array_to_uint8(values)
 
 
 class CrocImageProcessor(CLIPImageProcessorPil):
@@ -292,7 +294,7 @@ class CrocImageProcessor(CLIPImageProcessorPil):
             image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
                 The image.
             do_convert_rgb (`bool`, *optional*):
-                Must stay true unless the image already has exactly 3 channels.
+                Convert grey/alpha/other modes to RGB (default). When false, images must already have 3 channels.
             input_data_format (`ChannelDimension` or `str`, *optional*):
                 Channel layout of array/tensor inputs, inferred when not given.
             apply_exif_orientation (`bool`, *optional*):
@@ -304,7 +306,9 @@ class CrocImageProcessor(CLIPImageProcessorPil):
             self._check_channels_when_not_converting(len(image.getbands()), do_convert_rgb)
             rgb = pil_to_rgb_array(image, apply_exif_orientation=apply_exif_orientation)
         elif isinstance(image, (np.ndarray, torch.Tensor)):
-            rgb = array_to_rgb_array(image, input_data_format=input_data_format)
+            pixels = array_to_hwc_uint8(image, input_data_format=input_data_format)
+            self._check_channels_when_not_converting(pixels.shape[-1], do_convert_rgb)
+            rgb = hwc_to_rgb(pixels)
         else:
             raise ValueError(f"Unsupported image type {type(image).__name__}: expected a PIL image, array or tensor.")
         height, width = rgb.shape[:2]

@@ -270,6 +270,7 @@ def test_grey_arrays_and_batches(processor):
         (np.zeros((6, 6, 5), dtype=np.uint8), "channel axis"),
         (np.zeros((3, 5, 5, 5), dtype=np.uint8), "channel axis"),
         (np.zeros((0, 4, 3), dtype=np.uint8), "empty"),
+        (np.zeros((4, 0, 3), dtype=np.float32), "empty"),
         (np.zeros((4, 4, 3), dtype=np.complex64), "dtype"),
         (np.zeros((2, 2, 2, 2, 3), dtype=np.uint8), "dimensions"),
         (torch.zeros(1, 1, 1, 1, 1), "dimensions"),
@@ -285,6 +286,8 @@ def test_bad_inputs_raise_clear_errors(processor, bad_image, message):
 def test_do_convert_rgb_false_needs_three_channels(processor):
     with pytest.raises(ValueError, match="3-channel"):
         processor(rgb_gradient().convert("L"), do_convert_rgb=False)
+    with pytest.raises(ValueError, match="3-channel"):
+        processor(np.zeros((8, 8, 4), dtype=np.uint8), do_convert_rgb=False)
     assert pixel_values(processor, rgb_gradient(), do_convert_rgb=False).shape == (1, 3, 336, 336)
 
 
