@@ -185,6 +185,25 @@ def test_xformer_lora_configs_apply_to_the_expected_modules():
         xformer_lora_config(tiny_config(), stage2_target="vision_model")
 
 
+def test_xformer_lora_models_get_gradients_only_in_their_adapters():
+    from test_xformer_helpers import tiny_batch, tiny_config
+
+    from modeling_croc import XFormerForConditionalGeneration, XFormerModel
+
+    torch.manual_seed(0)
+    batch = tiny_batch()
+    text = torch.randint(3, 90, (4, 6))
+    for model, inputs in ((XFormerModel(tiny_config(with_text=False)), batch),
+                          (XFormerForConditionalGeneration(tiny_config()),
+                           dict(pixel_values=batch["pixel_values"], input_ids=text, labels=text))):
+        peft_model = get_peft_model(model, xformer_lora_config(model, init_lora_weights=False))
+        peft_model.train()
+        peft_model(**inputs).loss.backward()
+        grads = {name: p.grad for name, p in peft_model.named_parameters() if p.grad is not None}
+        assert grads and all("lora_" in name or "modules_to_save" in name for name in grads)
+        assert all(grads.get(name) is not None for name, p in peft_model.named_parameters() if "lora_" in name)
+
+
 def test_xformer_lora_config_detects_the_stage_from_a_config():
     from test_xformer_helpers import tiny_config
 
