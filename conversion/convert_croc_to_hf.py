@@ -58,10 +58,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import json
 import logging
 import math
+import mmap
 import os
 import pickle
 import re
@@ -69,7 +71,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -400,15 +402,16 @@ def find_weight_files(folder: Path, role: str) -> tuple[list[Path], dict[str, Pa
     raise ConversionError(f"{role} {folder} holds no weights (expected one of: {expected})")
 
 
-def load_pickled_shard(file: Path) -> dict[str, torch.Tensor]:
-    """A pickled `.bin` state dict, memory-mapped, through the weights-only unpickler (never arbitrary code)."""
+def load_pickled_shard(file: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """A pickled `.bin` state dict through the weights-only unpickler (never arbitrary code), memory-mapped when the
+    file format allows it; returns the state dict and whether it is memory-mapped."""
     try:
         try:
-            state_dict = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            state_dict, mapped = torch.load(file, map_location="cpu", weights_only=True, mmap=True), True
         except RuntimeError as error:
             if "mmap" not in str(error):
                 raise
-            state_dict = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+            state_dict, mapped = torch.load(file, map_location="cpu", weights_only=True), False  # legacy format
     except pickle.UnpicklingError as error:
         if "Weights only load failed" in str(error):
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
@@ -425,7 +428,7 @@ def load_pickled_shard(file: Path) -> dict[str, torch.Tensor]:
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise ConversionError(f"{file} holds entries that are not tensors: {format_keys(map(str, not_tensors))}")
-    return state_dict
+    return state_dict, mapped
 
 
 @contextlib.contextmanager
@@ -449,7 +452,7 @@ def describe_shard(file: Path) -> list[TensorInfo]:
                     raise ConversionError(f"{file}: tensor {key} has unsupported dtype {tensor_slice.get_dtype()}")
                 infos.append(TensorInfo(key, file, tuple(tensor_slice.get_shape()), dtype))
         return infos
-    state_dict = load_pickled_shard(file)
+    state_dict, _ = load_pickled_shard(file)
     infos = [TensorInfo(key, file, tuple(tensor.shape), tensor.dtype) for key, tensor in state_dict.items()]
     del state_dict
     return infos
@@ -475,12 +478,42 @@ def list_source_tensors(folder: Path, role: str) -> list[TensorInfo]:
     return infos
 
 
+def page_releaser() -> Callable[[int, int], None] | None:
+    """`madvise(MADV_DONTNEED)` on Linux, else None.
+
+    Pages of a memory-mapped pickled shard count as resident memory once read, and would stay so until the whole shard
+    is unmapped. The mapping is private, file-backed and never written, so dropping its pages after a tensor is copied
+    out is safe (a later read faults them back in from the file) and keeps memory near one tensor instead of one shard.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise_dontneed = 4
+
+    def release(address: int, length: int) -> None:
+        page = mmap.PAGESIZE
+        first = -(-address // page) * page  # whole pages inside [address, address + length) only
+        last = (address + length) // page * page
+        if last > first:
+            madvise(first, last - first, madvise_dontneed)
+
+    return release
+
+
 class TensorReader:
-    """Fetches source tensors one at a time: safetensors per tensor, pickled shards one mapped file at a time."""
+    """Fetches source tensors one at a time: safetensors per tensor (a private copy), pickled shards one memory-mapped
+    file at a time, whose pages `done(tensor)` gives back once the tensor has been used."""
 
     def __init__(self):
         self.pickled_file: Path | None = None
         self.pickled_tensors: dict[str, torch.Tensor] | None = None
+        self.pickled_is_mapped = False
+        self.release_pages = page_releaser()
 
     def get(self, info: TensorInfo) -> torch.Tensor:
         if is_safetensors(info.file):
@@ -488,12 +521,19 @@ class TensorReader:
                 return handle.get_tensor(info.key)
         if info.file != self.pickled_file:
             self.release()
-            self.pickled_tensors = load_pickled_shard(info.file)
+            self.pickled_tensors, self.pickled_is_mapped = load_pickled_shard(info.file)
             self.pickled_file = info.file
         return self.pickled_tensors[info.key]
 
+    def done(self, tensor: torch.Tensor) -> None:
+        """Drop the resident pages of a tensor of the current memory-mapped shard (no-op for anything else)."""
+        # Only a file-backed mapping may drop pages: in anonymous memory (legacy pickles) that would zero the data.
+        if self.release_pages is None or not self.pickled_is_mapped or tensor.numel() == 0:
+            return
+        self.release_pages(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
     def release(self) -> None:
-        self.pickled_file, self.pickled_tensors = None, None
+        self.pickled_file, self.pickled_tensors, self.pickled_is_mapped = None, None, False
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -781,9 +821,11 @@ def write_safetensors_shard(
     with open(path, "wb") as file:
         file.write(safetensors_header(items, dtype))
         for item in items:
-            tensor = cast_for_output(reader.get(item.source), item, dtype)
+            source = reader.get(item.source)
+            tensor = cast_for_output(source, item, dtype)
             file.write(tensor_bytes(tensor))
             del tensor
+            reader.done(source)
             if progress is not None:
                 progress.update(1)
 
@@ -818,11 +860,15 @@ def write_shards(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+INTEGER_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def same_bits(left: torch.Tensor, right: torch.Tensor) -> bool:
-    """Bitwise equality (NaN-safe) of two tensors of the same dtype and shape."""
+    """Bitwise equality (NaN-safe) of two tensors of the same dtype and shape, compared as integers of their width."""
     if left.dtype != right.dtype or left.shape != right.shape:
         return False
-    return torch.equal(left.contiguous().reshape(-1).view(torch.uint8), right.contiguous().reshape(-1).view(torch.uint8))
+    as_integers = INTEGER_OF_SIZE[left.element_size()]
+    return torch.equal(left.contiguous().reshape(-1).view(as_integers), right.contiguous().reshape(-1).view(as_integers))
 
 
 def verify_output(
@@ -851,7 +897,8 @@ def verify_output(
                 expected = source.to(output_dtype(source.dtype, dtype))
                 if not same_bits(written_tensor, expected):
                     raise ConversionError(f"verification failed: {item.target} in {path.name} differs from {item.source.key}")
-                del written_tensor, source, expected
+                del written_tensor, expected
+                reader.done(source)
                 progress.update(1)
     reader.release()
 
@@ -865,11 +912,14 @@ def compare_tower_copies(copies: list[tuple[TensorInfo, TensorInfo]], reader: Te
         if copy.shape != clip.shape:
             differing.append(f"{copy.key} (shape {list(copy.shape)} vs {list(clip.shape)})")
             continue
-        ours = reader.get(copy)
-        theirs = clip_reader.get(clip).to(ours.dtype)
+        ours, original = reader.get(copy), clip_reader.get(clip)
+        theirs = original.to(ours.dtype)
         if not torch.equal(ours, theirs):
             largest = max(largest, float((ours.float() - theirs.float()).abs().max()))
             differing.append(copy.key)
+        del theirs
+        reader.done(ours)
+        clip_reader.done(original)
     reader.release()
     clip_reader.release()
     if differing:
