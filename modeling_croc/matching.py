@@ -69,9 +69,10 @@ MATCHING_METHODS = ("hungarian", "nearest")
 # ---------------------------------------------------------------------------------------------
 
 _CANDIDATE_STRIDE = 8  # about this many cheapest columns of every row enter the candidates
+_REACH = 2.0  # ... and columns whose mean cost is within this many residual stds of the n-th
 _MAX_ROUNDS = 4  # candidate-set enlargements before falling back to the full SciPy solve
 _DIRECT_BELOW = 64 * 256  # problems with fewer cost entries go straight to SciPy
-_COLUMN_DOMINANCE = 10.0  # warm-start only if column effects' variance is this many times the rest
+_COLUMN_DOMINANCE = 10.0  # candidates + warm start only if column means vary this much more than the rest
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -118,6 +119,36 @@ def _exit_edges(costs: np.ndarray, cols: np.ndarray):
     return masked[np.arange(len(cols)), best].astype(np.float64), best
 
 
+def _chain_distances(moves_t: np.ndarray, exit_gain: np.ndarray, track: bool):
+    """Bellman-Ford towards the unused columns, relaxing only through nodes that just improved.
+
+    moves_t [n, n]: moves_t[k, i] = cost change when row i takes row k's column.
+    exit_gain [n]: cost change when row i takes its cheapest unused column.
+    Returns (dist [n], via [n] or None), or None after n + 1 rounds (a negative cycle). `via[i]`
+    names the row whose exit ends i's best chain (only if `track`).
+    """
+    n = len(exit_gain)
+    rows = np.arange(n)
+    dist = exit_gain.copy()
+    via = rows.copy() if track else None
+    changed = rows
+    for _ in range(n + 1):
+        through = moves_t[changed] + dist[changed][:, None]  # [len(changed), n]
+        if track:
+            best = through.argmin(axis=0)  # [n]
+            candidate = through[best, rows]
+        else:
+            candidate = through.min(axis=0)
+        better = candidate < dist
+        if not better.any():
+            return dist, via
+        dist = np.where(better, candidate, dist)
+        if track:
+            via = np.where(better, via[changed[best]], via)
+        changed = np.flatnonzero(better)
+    return None
+
+
 def _improving_exits(costs: np.ndarray, cols: np.ndarray, tol: float) -> np.ndarray | None:
     """Certify the assignment `cols` [n] on the full matrix costs [n, m].
 
@@ -126,67 +157,92 @@ def _improving_exits(costs: np.ndarray, cols: np.ndarray, tol: float) -> np.ndar
     except through rounding).
     """
     n = len(cols)
-    rows = np.arange(n)
-    own = costs[rows, cols].astype(np.float64)  # [n]
+    own = costs[np.arange(n), cols].astype(np.float64)  # [n]
     exit_cost, exit_col = _exit_edges(costs, cols)
-    # moves_t[k, i]: cost change when row i leaves its column for row k's column
     moves_t = np.ascontiguousarray((np.take(costs, cols, axis=1) - own[:, None]).T, dtype=np.float64)
-    dist = exit_cost - own  # [n]: shortest chain from sigma(i) to an unused column, so far
-    chain_end = exit_col  # [n]: the unused column where that chain ends
-    changed = rows
-    for _ in range(n + 1):  # Bellman-Ford, relaxing only through nodes that just improved
-        via = moves_t[changed] + dist[changed][:, None]  # [len(changed), n]
-        best = via.argmin(axis=0)  # [n]
-        via_best = via[best, rows]
-        better = via_best < dist
-        if not better.any():
-            return np.unique(chain_end[dist < -tol])
-        dist = np.where(better, via_best, dist)
-        chain_end = np.where(better, chain_end[changed[best]], chain_end)
-        changed = np.flatnonzero(better)
-    return None
+    result = _chain_distances(moves_t, exit_cost - own, track=False)
+    if result is None:
+        return None
+    if result[0].min() >= -tol:
+        return exit_col[:0]  # every chain of moves ending in an unused column costs >= 0: optimal
+    dist, via = _chain_distances(moves_t, exit_cost - own, track=True)
+    return np.unique(exit_col[via[dist < -tol]])
 
 
 # ---------------------------------------------------------------------------------------------
 # restricted solve
 
 
-def _candidate_columns(costs: np.ndarray, stride: int) -> np.ndarray:
-    """About `stride` cheapest columns of every row, plus the n + n/8 columns of lowest mean cost."""
+def _column_effects(costs: np.ndarray):
+    """Two-way split of costs [n, m]: column means [m], and the std of what row and column means
+    leave unexplained (estimated on a subset of rows: it only steers speed, never the answer)."""
+    col_mean = costs.mean(axis=0, dtype=np.float64)  # [m]
+    sample = costs[:: max(1, costs.shape[0] // 48)]  # [~48, m]
+    sample_col_mean = sample.mean(axis=0, dtype=np.float64)
+    sample_row_mean = sample.mean(axis=1, dtype=np.float64)
+    residual_var = sample.var(dtype=np.float64) - sample_col_mean.var() - sample_row_mean.var()
+    return col_mean, float(np.sqrt(max(residual_var, 0.0)))
+
+
+def _is_column_dominated(col_mean: np.ndarray, residual_std: float) -> bool:
+    """True when columns differ far more than rows' preferences among them (init-like pools)."""
+    return col_mean.var() >= _COLUMN_DOMINANCE * residual_std**2
+
+
+def _candidate_columns(costs, col_mean, residual_std, stride: int, reach: float) -> np.ndarray:
+    """Columns worth offering: about `stride` cheapest of every row, plus every column whose mean
+    cost is within `reach` residual stds of the n-th cheapest mean (at least n + 16 of them)."""
     n, m = costs.shape
+    if m <= n + 16:
+        return np.arange(m)
     # a row's cheapest entry among every stride-th column is about its stride-th cheapest overall
     row_threshold = costs[:, ::stride].min(axis=1)  # [n]
     cheapest = np.flatnonzero((costs <= row_threshold[:, None]).any(axis=0))
-    extra = n + max(16, n // 8)
-    if extra >= m:
-        return np.arange(m)
-    by_mean = np.argpartition(costs.mean(axis=0), extra)[:extra]  # [extra]
+    mean_threshold = max(np.partition(col_mean, n)[n] + reach * residual_std, np.partition(col_mean, n + 16)[n + 16])
+    by_mean = np.flatnonzero(col_mean <= mean_threshold)
     return np.union1d(cheapest, by_mean)
 
 
-def _column_prices(sub: np.ndarray) -> np.ndarray | None:
-    """Estimated column duals -v_j >= 0 when column effects dominate the costs, else None."""
+def _column_prices(sub: np.ndarray) -> np.ndarray:
+    """Estimated column duals -v_j >= 0 of sub [n, s]: a column's mean cost below the (n+16)-th."""
     n, s = sub.shape
     col_mean = sub.mean(axis=0)  # [s]
-    row_mean = sub.mean(axis=1)  # [n]
-    # two-way decomposition: total variance = column part + row part + residual
-    residual_var = sub.var() - col_mean.var() - row_mean.var()
-    if col_mean.var() < _COLUMN_DOMINANCE * max(residual_var, 0.0) or s == n:
-        return None
     threshold = np.partition(col_mean, min(n + 16, s - 1))[min(n + 16, s - 1)]
     return np.maximum(threshold - col_mean, 0.0)
 
 
-def _solve_subproblem(sub: np.ndarray) -> np.ndarray:
-    """Exact assignment on sub [n, s] (n <= s) -> column per row [n], warm-started if useful."""
+def _solve_warm(sub: np.ndarray) -> np.ndarray:
+    """Exact assignment on sub [n, s] (n <= s) -> column per row [n], via a price-shifted square."""
     n, s = sub.shape
-    prices = _column_prices(sub)
-    if prices is None:
+    if s == n:
         return linear_sum_assignment(sub)[1]
+    prices = _column_prices(sub)  # [s]
     square = np.empty((s, s))  # rows >= n: dummy rows, zero cost before the price shift
-    square[:n] = sub + prices[None, :]
+    np.add(sub, prices[None, :], out=square[:n])
     square[n:] = prices[None, :]
     return linear_sum_assignment(square)[1][:n]
+
+
+def _solve_with_candidates(
+    costs: np.ndarray, stride: int = _CANDIDATE_STRIDE, reach: float = _REACH, effects=None
+) -> np.ndarray:
+    """Restricted solve + full-matrix certificate, enlarging the candidates until it holds."""
+    n, m = costs.shape
+    tol = 64 * np.finfo(np.float64).eps * max(1.0, float(costs.max()), -float(costs.min())) * n
+    col_mean, residual_std = _column_effects(costs) if effects is None else effects
+    columns = _candidate_columns(costs, col_mean, residual_std, stride, reach)
+    for _ in range(_MAX_ROUNDS):
+        sub = np.take(costs, columns, axis=1).astype(np.float64)  # [n, s]
+        cols = columns[_solve_warm(sub)]
+        missing = _improving_exits(costs, cols, tol)
+        if missing is not None and missing.size == 0:
+            return cols.astype(np.int64)
+        if missing is None or len(columns) + len(missing) >= m:
+            break
+        stride, reach = 2 * stride, 2 * reach  # offer more columns next round
+        more = _candidate_columns(costs, col_mean, residual_std, stride, reach)
+        columns = np.union1d(np.union1d(columns, missing), more)
+    return linear_sum_assignment(costs)[1].astype(np.int64)
 
 
 def _solve_image(costs: np.ndarray) -> np.ndarray:
@@ -194,26 +250,12 @@ def _solve_image(costs: np.ndarray) -> np.ndarray:
     n, m = costs.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if n * m < _DIRECT_BELOW or n == m:
+    if n * m < _DIRECT_BELOW or m <= n + 16:
         return linear_sum_assignment(costs)[1].astype(np.int64)
-    return _solve_with_candidates(costs)
-
-
-def _solve_with_candidates(costs: np.ndarray, stride: int = _CANDIDATE_STRIDE) -> np.ndarray:
-    """Restricted solve + full-matrix certificate, enlarging the candidates until it holds."""
-    n, m = costs.shape
-    tol = 64 * np.finfo(np.float64).eps * max(1.0, float(np.abs(costs).max())) * n
-    columns = _candidate_columns(costs, stride)
-    for _ in range(_MAX_ROUNDS):
-        sub = np.take(costs, columns, axis=1).astype(np.float64)  # [n, s]
-        cols = columns[_solve_subproblem(sub)]
-        missing = _improving_exits(costs, cols, tol)
-        if missing is not None and missing.size == 0:
-            return cols.astype(np.int64)
-        if missing is None or len(columns) + len(missing) >= m:
-            break
-        columns = np.union1d(columns, missing)
-    return linear_sum_assignment(costs)[1].astype(np.int64)
+    effects = _column_effects(costs)
+    if not _is_column_dominated(*effects):
+        return linear_sum_assignment(costs)[1].astype(np.int64)  # SciPy is already fast here
+    return _solve_with_candidates(costs, effects=effects)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def cost_problems(draw):
     """[num_images, rows, cols] costs, rows <= cols, in several regimes including heavy ties."""
     num_images = draw(st.integers(1, 3))
     rows = draw(st.integers(0, 14))
-    cols = draw(st.integers(max(rows, 1), 24))
+    cols = draw(st.integers(max(rows, 1), 40))
     regime = draw(st.sampled_from(["small_ints", "uniform", "column_dominated", "duplicates", "constant"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     shape = (num_images, rows, cols)
@@ -102,13 +102,13 @@ def test_hungarian_assignment_is_exact(costs):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cost_problems(), st.integers(1, 6))
-def test_candidate_solver_is_exact(costs, stride):
+@given(cost_problems(), st.integers(1, 6), st.sampled_from([0.0, 0.5, 2.0]))
+def test_candidate_solver_is_exact(costs, stride, reach):
     """The restricted solve + certificate path, forced even on tiny problems and tiny candidate sets."""
     for c in costs:
-        if c.shape[0] == 0 or c.shape[0] == c.shape[1]:
+        if c.shape[0] == 0:
             continue
-        assert_optimal(c, matching._solve_with_candidates(c, stride=stride))
+        assert_optimal(c, matching._solve_with_candidates(c, stride=stride, reach=reach))
 
 
 @pytest.mark.parametrize("regime", [init_like, trained_like])
@@ -122,13 +122,37 @@ def test_hungarian_on_distances_threaded(regime, size, monkeypatch):
         assert_optimal(c, col)
 
 
-@pytest.mark.parametrize("regime", [init_like, trained_like])
-def test_hungarian_real_size(regime):
+@pytest.mark.parametrize("regime, num_images", [(init_like, 2), (trained_like, 1)])
+def test_hungarian_real_size(regime, num_images):
     """432 replaced tokens against a 2048-row pool, 4096-d, as in Croc."""
-    costs = pairwise_distances(*regime(2, 432, 2048, 4096, seed=7)).numpy()
+    costs = pairwise_distances(*regime(num_images, 432, 2048, 4096, seed=7)).numpy()
     cols = hungarian_assignment(costs)
     for c, col in zip(costs, cols):
         assert_optimal(c, col)
+
+
+def test_certificate_failure_enlarges_candidates(monkeypatch):
+    """Optimal columns with a high mean cost are missed at first; the certificate must bring them in."""
+    rng = np.random.default_rng(0)
+    costs = 1.0 + 0.01 * rng.random((3, 40))  # ordinary columns cost ~1
+    costs[:, 0] = 0.0  # one free column everybody likes (every row's cheapest)
+    costs[:, 30:] = 50.0  # columns 30..39 look bad on average...
+    costs[1, 33] = costs[2, 35] = 0.1  # ...but two are nearly free for one row each
+    rounds = []
+    certify = matching._improving_exits
+    monkeypatch.setattr(matching, "_improving_exits", lambda *a: rounds.append(1) or certify(*a))
+    cols = matching._solve_with_candidates(costs.astype(np.float32), stride=64, reach=0.0)
+    assert_optimal(costs.astype(np.float32), cols)
+    assert total_cost(costs, cols) == pytest.approx(0.2)  # row 0 takes column 0
+    assert len(rounds) >= 2
+
+
+def test_certificate_detects_suboptimal_assignments():
+    costs = np.array([[1.0, 5.0, 9.0], [3.0, 2.0, 9.0]])
+    assert matching._improving_exits(costs, np.array([0, 1]), 1e-12).size == 0  # optimal (total 3)
+    assert matching._improving_exits(costs, np.array([1, 0]), 1e-12) is None  # swapping back gains 5
+    costs = np.array([[1.0, 5.0, 0.5], [3.0, 2.0, 9.0]])
+    assert list(matching._improving_exits(costs, np.array([0, 1]), 1e-12)) == [2]  # chain into column 2
 
 
 def test_hungarian_accepts_torch_and_float64():
