@@ -48,9 +48,7 @@ def _alternatives(names) -> str:
     return "(" + "|".join(re.escape(name) for name in unique) + ")"
 
 
-def language_model_target_regex(
-    prefix: str, attention: bool = True, mlp: bool = True
-) -> str:
+def language_model_target_regex(prefix: str, attention: bool = True, mlp: bool = True) -> str:
     """Anchored regex for PEFT's `target_modules` selecting the LM projections under `prefix`.
 
     PEFT full-matches a string `target_modules` against each module's qualified name, so the pattern below selects
@@ -129,10 +127,11 @@ def xformer_stage1_target_regex(qformer: bool = True, dual_cross_attention: bool
     Args:
         qformer (`bool`, *optional*, defaults to `True`): the Q-Former's self- and cross-attention (and FFN) layers.
         dual_cross_attention (`bool`, *optional*, defaults to `True`): both steps of every dual cross-attention layer.
-        mlp (`bool`, *optional*, defaults to `True`): also the BERT FFN layers (`intermediate(_query)`, `output(_query)`).
+        mlp (`bool`, *optional*, defaults to `True`): also the BERT FFN layers (`intermediate(_query)`,
+            `output(_query)`).
     """
     linears = list(QFORMER_ATTENTION_LINEARS) + (list(QFORMER_MLP_LINEARS) if mlp else [])
-    # `crossattention.attention.query` ends with `attention.attention.query` only after "cross": allow both spellings
+    # self-attention is `attention.attention.query`, cross-attention `crossattention.attention.query`
     linear_pattern = r"(cross)?" + _alternatives(linears)
     blocks = []
     if qformer:
