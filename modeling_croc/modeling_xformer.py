@@ -515,6 +515,8 @@ class XFormerModel(XFormerPreTrainedModel):
         r"^temp$",
     ]
     _tied_weights_keys = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight"}
+    # The stage-1 losses are per-batch means: Trainer must scale them for gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: XFormerConfig):
         super().__init__(config)
@@ -863,6 +865,8 @@ class XFormerForConditionalGeneration(XFormerPreTrainedModel, GenerationMixin):
                 crop; derived from `pixel_values` when omitted.
             labels (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*): LM targets, -100 ignored;
                 aligned with the trailing logits (the visual prefix is never a target).
+            kwargs: passed to the LLM; Trainer's `num_items_in_batch` goes to the LM loss only (the optional
+                stage-2 reconstruction term stays a per-batch mean).
         """
         if mae_pixel_values is None:
             mae_pixel_values = clip_to_mae_pixels(pixel_values)

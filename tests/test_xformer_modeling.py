@@ -173,6 +173,22 @@ def test_dual_block_switches_change_what_they_should():
     assert not hasattr(deep.dual_cross_attention.layers[0].mae_from_queries, "intermediate")
 
 
+def test_activation_checkpointing_keeps_the_gradients():
+    batch = tiny_batch()
+    noise = torch.rand(4, 16, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(0)
+        model(**batch, noise=noise).loss.backward()
+        gradients.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-5)
+
+
 def test_itg_mask_is_multimodal_causal():
     text_mask = torch.tensor([[1, 1, 1, 0]])
     allowed = itg_attention_mask(text_mask, num_queries=2, dtype=torch.float32)[0, 0] == 0
