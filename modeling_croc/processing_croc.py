@@ -130,6 +130,10 @@ class CrocProcessor(ProcessorMixin):
     `ValueError` giving the two numbers. The default chat template is the official vicuna_v1 format. Train with
     right padding, generate with `padding_side="left"`.
 
+    The prompt is tokenised in one pass, like transformers' LLaVA. The official code tokenises the text chunks around
+    each `<image>` separately, so with Vicuna's SentencePiece tokenizer its ids hold one extra `"▁"` (id 29871)
+    right after each image (`<image>\n` -> `[image, 29871, 13]` there, `[image, 13]` here).
+
     Args:
         image_processor ([`CrocImageProcessor`], *optional*):
             The image processor.
