@@ -143,7 +143,8 @@ def test_xformer_push_to_hub_writes_an_xformer_card(fake_hub):
     card = fake_hub.card()
     assert "X-Former" in card.text and card.data.pipeline_tag == "image-text-to-text"
     assert card.data.library_name == "transformers"
-    assert "modeling_xformer.py" in fake_hub.files and "auto_map" in fake_hub.json("config.json")
+    assert {"modeling_xformer.py", "configuration_xformer.py", "hub_croc.py"} <= set(fake_hub.files)
+    assert "AutoModelForImageTextToText" in fake_hub.json("config.json")["auto_map"]
     fake_hub.files.clear()
     XFormerModel(tiny_config(with_text=False)).push_to_hub("me/xformer-stage1")
     assert fake_hub.card().data.pipeline_tag is None  # stage 1 does not generate text
