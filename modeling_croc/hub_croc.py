@@ -240,6 +240,7 @@ def upload_folder_to_hub(
     revision: str | None = None,
     create_pr: bool = False,
     skip_readme: bool = False,
+    only: set[str] | None = None,
 ):
     """Upload every file under `folder` to `repo_id` in one commit (`HfApi.create_commit`).
 
@@ -252,13 +253,14 @@ def upload_folder_to_hub(
         revision (`str`, *optional*): branch to commit to (created if missing).
         create_pr (`bool`, *optional*, defaults to `False`): open a pull request instead of committing.
         skip_readme (`bool`, *optional*, defaults to `False`): leave the repository's README.md untouched.
+        only (`set[str]`, *optional*): upload only these paths (relative to `folder`, POSIX separators).
     """
     root = Path(folder)
-    operations = [
-        CommitOperationAdd(path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path))
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not (skip_readme and path.relative_to(root).as_posix() == "README.md")
-    ]
+    operations = []
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_file() and (only is None or name in only) and not (skip_readme and name == "README.md"):
+            operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)))
     api = hf_api()
     if revision is not None and not revision.startswith("refs/pr"):
         api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
@@ -271,6 +273,18 @@ def upload_folder_to_hub(
         revision=revision,
         create_pr=create_pr,
     )
+
+
+def file_timestamps(folder) -> dict[str, float]:
+    """Modification time of every file under `folder`, by POSIX path relative to it (empty if it does not exist).
+
+    Args:
+        folder (`str` or `os.PathLike`): the folder to scan.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return {}
+    return {path.relative_to(root).as_posix(): path.stat().st_mtime_ns for path in root.rglob("*") if path.is_file()}
 
 
 class CrocHubMixin:
@@ -353,6 +367,7 @@ class CrocHubMixin:
                         "base_model")
         }
         create_pr = kwargs.pop("create_pr", False)
+        before = file_timestamps(save_directory)
         super().save_pretrained(save_directory, *args, token=hub_options["token"], **kwargs)
         if not kwargs.get("is_main_process", True):
             return None
@@ -360,22 +375,37 @@ class CrocHubMixin:
         repo_id = hf_api().create_repo(
             repo_id, private=hub_options["private"], token=hub_options["token"], exist_ok=True
         ).repo_id
+        saved = {name for name, stamp in file_timestamps(save_directory).items() if before.get(name) != stamp}
         return self._upload_with_card(
             save_directory, repo_id, hub_options["commit_message"] or "Upload model",
             hub_options["commit_description"], hub_options["token"], hub_options["revision"], create_pr,
-            hub_options["tags"], hub_options["base_model"],
+            hub_options["tags"], hub_options["base_model"], only=saved | {"README.md"},
         )
 
     def _upload_with_card(
-        self, folder, repo_id, commit_message, commit_description, token, revision, create_pr, tags, base_model
+        self, folder, repo_id, commit_message, commit_description, token, revision, create_pr, tags, base_model,
+        only=None,
     ):
-        """Write our card into `folder` unless the Hub repo has a card to keep, then upload the folder."""
+        """Write our card into `folder` unless the Hub repo has a card to keep, then upload the folder.
+
+        Args:
+            folder: the saved model folder.
+            repo_id (`str`): the (existing) target repository.
+            commit_message (`str`): commit title.
+            commit_description (`str`, *optional*): commit body.
+            token (`str` or `bool`, *optional*): Hub token.
+            revision (`str`, *optional*): branch to push to.
+            create_pr (`bool`): open a pull request instead of committing.
+            tags (`list[str]`, *optional*): extra card tags.
+            base_model (`str`, *optional*): `base_model` of the card.
+            only (`set[str]`, *optional*): upload only these files of `folder`.
+        """
         keep_remote_card = not card_is_replaceable(remote_model_card(repo_id, token=token))
         if not keep_remote_card:
             write_card_if_missing(folder, self.hub_model_card(repo_id, base_model, tags))
         return upload_folder_to_hub(
             folder, repo_id, commit_message, commit_description, token, revision, create_pr,
-            skip_readme=keep_remote_card,
+            skip_readme=keep_remote_card, only=only,
         )
 
 
@@ -443,6 +473,7 @@ def push_adapter_to_hub(
 __all__ = [
     "CrocHubMixin",
     "adapter_card",
+    "file_timestamps",
     "model_card",
     "push_adapter_to_hub",
     "upload_folder_to_hub",

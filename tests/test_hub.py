@@ -114,7 +114,10 @@ def test_base_model_defaults_to_the_hub_id_the_model_came_from(fake_hub):
 
 
 def test_save_pretrained_with_push_to_hub_writes_and_uploads_the_card(fake_hub, tmp_path):
+    (tmp_path / "croc-local").mkdir()
+    (tmp_path / "croc-local" / "notes.txt").write_text("an unrelated file the save did not write")
     tiny_croc_model().save_pretrained(tmp_path / "croc-local", push_to_hub=True, repo_id="me/croc-local")
+    assert "notes.txt" not in fake_hub.files
     assert fake_hub.repos == ["me/croc-local"]
     assert (tmp_path / "croc-local" / "README.md").read_bytes() == fake_hub.files["README.md"]
     assert fake_hub.card().data.pipeline_tag == "image-text-to-text"
