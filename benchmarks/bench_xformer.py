@@ -91,15 +91,17 @@ def blip2_three_losses(model, pixel_values, input_ids, attention_mask) -> torch.
     sim_i2t = torch.einsum("bqe,ne->bnq", image_feats, text_feat).amax(-1) / 0.07
     sim_t2i = torch.einsum("be,nqe->bnq", text_feat, image_feats).amax(-1) / 0.07
     targets = torch.arange(batch_size)
-    itc = (F.cross_entropy(sim_i2t, targets, label_smoothing=0.1) + F.cross_entropy(sim_t2i, targets, label_smoothing=0.1)) / 2
+    itc = (
+        F.cross_entropy(sim_i2t, targets, label_smoothing=0.1) + F.cross_entropy(sim_t2i, targets, label_smoothing=0.1)
+    ) / 2
     negative_images, negative_texts = sample_hard_negatives(sim_t2i, targets), sample_hard_negatives(sim_i2t, targets)
     itm_images = torch.cat([image_tokens, image_tokens[negative_images], image_tokens])
     itm_ids = torch.cat([input_ids, input_ids, input_ids[negative_texts]])
     itm_mask = torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]])
     itm_queries = model.query_tokens.expand(3 * batch_size, -1, -1)
+    query_mask = torch.ones(3 * batch_size, num_queries, dtype=itm_mask.dtype)
     joint = model.qformer(query_embeds=model.embeddings(input_ids=itm_ids, query_embeds=itm_queries),
-                          query_length=num_queries,
-                          attention_mask=torch.cat([torch.ones(3 * batch_size, num_queries, dtype=itm_mask.dtype), itm_mask], 1),
+                          query_length=num_queries, attention_mask=torch.cat([query_mask, itm_mask], 1),
                           encoder_hidden_states=itm_images).last_hidden_state
     itm_labels = torch.cat([torch.ones(batch_size), torch.zeros(2 * batch_size)]).long()
     itm = F.cross_entropy(model.itm_head(joint[:, :num_queries]).mean(1), itm_labels)
@@ -166,7 +168,8 @@ def run(quick: bool = False) -> list[dict]:
     trainable = lambda model: sum(p.numel() for p in model.parameters() if p.requires_grad)  # noqa: E731
     return [
         {
-            "name": f"xformer stage-1 train step vs BLIP-2 (batch {settings['batch_size']}, {settings['image_size']} px)",
+            "name": "xformer stage-1 train step vs BLIP-2 "
+            f"(batch {settings['batch_size']}, {settings['image_size']} px)",
             "ours_s": statistics.median(ours_times),
             "baseline_s": statistics.median(baseline_times),
             "ratio": statistics.median(ratios),

@@ -80,8 +80,14 @@ _LAYER = r"^bert\.encoder\.layer\.(\d+)\."
 BERT_QFORMER_RULES = [
     (r"^bert\.embeddings\.(word|position)_embeddings\.weight$", [r"embeddings.\1_embeddings.weight"]),
     (r"^bert\.embeddings\.LayerNorm\.(weight|bias)$", [r"qformer.layernorm.\1"]),
-    (_LAYER + r"attention\.self\.(query|key|value)\.(weight|bias)$", [r"qformer.encoder.layer.\1.attention.attention.\2.\3"]),
-    (_LAYER + r"attention\.output\.(dense|LayerNorm)\.(weight|bias)$", [r"qformer.encoder.layer.\1.attention.output.\2.\3"]),
+    (
+        _LAYER + r"attention\.self\.(query|key|value)\.(weight|bias)$",
+        [r"qformer.encoder.layer.\1.attention.attention.\2.\3"],
+    ),
+    (
+        _LAYER + r"attention\.output\.(dense|LayerNorm)\.(weight|bias)$",
+        [r"qformer.encoder.layer.\1.attention.output.\2.\3"],
+    ),
     (
         _LAYER + r"intermediate\.dense\.(weight|bias)$",
         [r"qformer.encoder.layer.\1.intermediate.dense.\2", r"qformer.encoder.layer.\1.intermediate_query.dense.\2"],
@@ -203,9 +209,12 @@ def build_config(args, blip2_dir, mae_dir, bert_dir, qformer_dir, opt_dir):
         qformer_source = Blip2Config.from_pretrained(qformer_dir)
         qformer_config = qformer_source.qformer_config.to_dict()
         if not qformer_config.get("use_qformer_text_input"):
-            raise ConversionError(f"{args.qformer_from_blip2} has no text FFNs: use an ITM checkpoint (blip2-itm-vit-g)")
+            raise ConversionError(
+                f"{args.qformer_from_blip2} has no text FFNs: use an ITM checkpoint (blip2-itm-vit-g)"
+            )
         settings.update(
-            num_query_tokens=qformer_source.num_query_tokens, image_text_hidden_size=qformer_source.image_text_hidden_size
+            num_query_tokens=qformer_source.num_query_tokens,
+            image_text_hidden_size=qformer_source.image_text_hidden_size,
         )
     else:
         qformer_config = bert_qformer_config(bert_config, vision_config.hidden_size)
@@ -238,9 +247,8 @@ def gather_weights(args, blip2_dir, mae_dir, bert_dir, qformer_dir, opt_dir) -> 
     else:
         head = map_state_dict(bert, BERT_ONLY_HEAD_RULES, "BERT")
         head["lm_head.bias"] = torch.cat([head["lm_head.bias"], head["lm_head.bias"].new_zeros(1)])
-        qformer = read_safetensors_with_prefixes(
-            qformer_dir, ("qformer.", "embeddings.", "query_tokens", "vision_projection.", "text_projection.", "itm_head.")
-        )
+        prefixes = ("qformer.", "embeddings.", "query_tokens", "vision_projection.", "text_projection.", "itm_head.")
+        qformer = read_safetensors_with_prefixes(qformer_dir, prefixes)
         qformer = {k: v for k, v in qformer.items() if not k.endswith("position_ids")}
         weights.update(map_state_dict(qformer, BLIP2_QFORMER_RULES, "BLIP-2 Q-Former"))
         weights.update(head)

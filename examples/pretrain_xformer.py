@@ -238,7 +238,8 @@ def main(argv=None):
     else:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or "bert-base-uncased")
         add_dec_token(tokenizer)
-        llm_tokenizer = AutoTokenizer.from_pretrained(args.llm_tokenizer or args.llm) if (args.llm_tokenizer or args.llm) else None
+        llm_tokenizer_name = args.llm_tokenizer or args.llm
+        llm_tokenizer = AutoTokenizer.from_pretrained(llm_tokenizer_name) if llm_tokenizer_name else None
         stage1_model = XFormerModel.from_pretrained(args.model) if args.stage in ("1", "both") else None
 
     stage1_dir = args.model
@@ -256,7 +257,8 @@ def main(argv=None):
         sample = processor(images=[pairs[0][0] if not isinstance(pairs[0][0], str) else Image.open(pairs[0][0])])
         generated = model.generate(sample["pixel_values"], mae_pixel_values=sample["mae_pixel_values"],
                                    max_new_tokens=5, num_beams=2)
-        print(f"caption for image 0 ({pairs[0][1]!r}): {llm_tokenizer.decode(generated[0], skip_special_tokens=True)!r}")
+        caption = llm_tokenizer.decode(generated[0], skip_special_tokens=True)
+        print(f"caption for image 0 ({pairs[0][1]!r}): {caption!r}")
     print(f"outputs in {output_root}")
 
 

@@ -311,6 +311,10 @@ class XFormerDualCrossAttention(nn.Module):
             for _ in range(config.dual_num_layers)
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].queries_from_mae.crossattention.output.dense.weight.dtype
+
     def forward(self, query_states: torch.Tensor, mae_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for layer in self.layers:
             query_states, mae_states = layer(query_states, mae_states)
@@ -421,7 +425,9 @@ class XFormerPreTrainedModel(CrocHubMixin, PreTrainedModel):
 
     def mae_ratio(self) -> float:
         """Stage-1 training masks `mae_mask_ratio`; evaluation (and stage 2) uses `mae_mask_ratio_eval`."""
-        return self.config.mae_mask_ratio if self.training and self.uses_reconstruction() else self.config.mae_mask_ratio_eval
+        if self.training and self.uses_reconstruction():
+            return self.config.mae_mask_ratio
+        return self.config.mae_mask_ratio_eval
 
     def uses_reconstruction(self) -> bool:
         return hasattr(self, "mae_decoder")
@@ -448,7 +454,7 @@ class XFormerPreTrainedModel(CrocHubMixin, PreTrainedModel):
 
     def fuse(self, query_states: torch.Tensor, mae_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dual cross-attention: (Z_q, M) -> (Z', M'). M' keeps M's length and order (CLS first)."""
-        dual_dtype = self.dual_cross_attention.layers[0].queries_from_mae.crossattention.output.dense.weight.dtype
+        dual_dtype = self.dual_cross_attention.dtype  # fp32 even when the frozen encoders run in half precision
         query_states, mae_tokens = query_states.to(dual_dtype), mae_tokens.to(dual_dtype)
         if self.config.dual_include_mae_cls:
             return self.dual_cross_attention(query_states, mae_tokens)
@@ -581,7 +587,7 @@ class XFormerModel(XFormerPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Joint [queries; text] pass (bidirectional), optional dual block, `itm_head` averaged over queries -> (B, 2)."""
+        """Joint [queries; text] pass (bidirectional), optional dual block, `itm_head` mean over queries -> (B, 2)."""
         batch_size, num_queries = input_ids.shape[0], self.config.num_query_tokens
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

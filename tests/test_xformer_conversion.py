@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_xformer_helpers import (
-    single_thread,
+    single_thread,  # noqa: F401  (autouse through pytestmark)
     tiny_mae_config,
     tiny_qformer_config,
     tiny_text_config,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_xformer_helpers import single_thread
+from test_xformer_helpers import single_thread  # noqa: F401  (used through pytestmark)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))

@@ -15,7 +15,7 @@
 
 import pytest
 import torch
-from test_xformer_helpers import single_thread, tiny_batch, tiny_config
+from test_xformer_helpers import single_thread, tiny_batch, tiny_config  # noqa: F401  (single_thread: pytestmark)
 
 from modeling_croc import XFormerForConditionalGeneration
 

@@ -17,7 +17,13 @@ import json
 
 import pytest
 import torch
-from test_xformer_helpers import DEC_TOKEN_ID, single_thread, tiny_batch, tiny_config, tiny_qformer_config
+from test_xformer_helpers import (  # noqa: F401  (single_thread: pytestmark)
+    DEC_TOKEN_ID,
+    single_thread,
+    tiny_batch,
+    tiny_config,
+    tiny_qformer_config,
+)
 
 from modeling_croc import XFormerConfig, XFormerModel
 from modeling_croc.modeling_xformer import identity_noise, itg_attention_mask, mae_mask_ratio
@@ -112,14 +118,16 @@ def test_frozen_parts_get_no_gradient_and_trainable_parts_do():
         else:
             assert parameter.requires_grad and parameter.grad is not None, name
     assert model.query_tokens.grad.abs().sum() > 0
-    assert model.dual_cross_attention.layers[0].queries_from_mae.crossattention.attention.query.weight.grad.abs().sum() > 0
+    step2_query = model.dual_cross_attention.layers[0].queries_from_mae.crossattention.attention.query
+    assert step2_query.weight.grad.abs().sum() > 0
 
 
 def test_reconstruction_gradient_flows_through_the_frozen_decoder_into_the_dual_block():
     model = tiny_model().train()
     batch = tiny_batch()
     out = model(pixel_values=batch["pixel_values"], mae_pixel_values=batch["mae_pixel_values"])
-    assert out.itc_loss is None and out.loss is out.reconstruction_loss or torch.equal(out.loss, out.reconstruction_loss)
+    assert out.itc_loss is None and out.itm_loss is None and out.itg_loss is None
+    assert torch.equal(out.loss, out.reconstruction_loss)
     out.reconstruction_loss.backward()
     step1 = model.dual_cross_attention.layers[0].mae_from_queries
     assert step1.crossattention.attention.query.weight.grad.abs().sum() > 0  # M attends to Z_q ...
@@ -210,12 +218,12 @@ def test_itg_logits_do_not_see_future_text():
     model = tiny_model().eval()
     batch = tiny_batch(batch_size=2)
     visual = model.get_visual_features(batch["pixel_values"], batch["mae_pixel_values"])
-    ids, mask = batch["input_ids"][1:], batch["attention_mask"][1:]
-    _, logits = model.itg_loss(visual.__class__(**{k: v[1:] for k, v in visual.items() if k != "mae"}), ids, mask)
+    ids, mask = batch["input_ids"], torch.ones_like(batch["input_ids"])
+    _, logits = model.itg_loss(visual, ids, mask)
     changed = ids.clone()
-    changed[0, 4] = (changed[0, 4] + 1) % 90 + 5
-    _, logits_changed = model.itg_loss(visual.__class__(**{k: v[1:] for k, v in visual.items() if k != "mae"}), changed, mask)
-    torch.testing.assert_close(logits[:, :4], logits_changed[:, :4])
+    changed[:, 4] = (changed[:, 4] + 1) % 90 + 5
+    _, logits_changed = model.itg_loss(visual, changed, mask)
+    torch.testing.assert_close(logits[:, :4], logits_changed[:, :4])  # positions before the change are untouched
     assert not torch.allclose(logits[:, 4:], logits_changed[:, 4:])
     assert model.config.itg_bos_token_id == DEC_TOKEN_ID
 

@@ -16,7 +16,7 @@
 import pytest
 import torch
 from test_xformer_helpers import (
-    single_thread,
+    single_thread,  # noqa: F401  (autouse through pytestmark)
     tiny_batch,
     tiny_config,
     tiny_mae_config,
