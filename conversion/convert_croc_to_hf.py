@@ -71,6 +71,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -693,6 +694,13 @@ class ConversionPlan:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
 
+def readable_pattern(pattern: str) -> str:
+    r"""`^model\.cross_attention\.` -> `model.cross_attention.*` (for messages)."""
+    text = pattern[1:] if pattern.startswith("^") else "*" + pattern
+    text = text.replace("\\.", ".")
+    return text[:-1] if text.endswith("$") else f"{text}*" if text.endswith(".") else text
+
+
 def plan_conversion(
     checkpoint: list[TensorInfo], clip: list[TensorInfo], tie_word_embeddings: bool = False
 ) -> ConversionPlan:
@@ -708,7 +716,7 @@ def plan_conversion(
                 unknown.append(f"{info.key} ({role})")
                 continue
             if target is None:
-                plan.drop(f"{rule.reason} ({rule.pattern})")
+                plan.drop(f"{rule.reason} ({readable_pattern(rule.pattern)})")
             elif tie_word_embeddings and target == "lm_head.weight":
                 plan.drop("lm_head is tied to the input embeddings")
             else:
@@ -879,6 +887,9 @@ def verify_output(
     expected_shapes: dict[str, tuple[int, ...]],
 ) -> None:
     """Re-open the written shards and check each tensor equals its source after the cast, and the key set."""
+    reloaded = CrocConfig.from_pretrained(folder)
+    if expected_state_dict_shapes(reloaded) != expected_shapes:
+        raise ConversionError("verification failed: the saved config.json describes a different model")
     index = read_json(folder / "model.safetensors.index.json", "written index")
     written = set(index["weight_map"])
     if written != set(expected_shapes):
@@ -1038,7 +1049,9 @@ def save_processor(tokenizer_folder: Path, image_processor, config: CrocConfig, 
     from modeling_croc.processing_croc import CrocProcessor, add_image_token
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+        with warnings.catch_warnings():  # it may also parse the official config.json, whose 4.x rope fields warn
+            warnings.simplefilter("ignore", FutureWarning)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     except Exception as error:  # tokenizer loading raises many types (OSError, ValueError, sentencepiece errors)
         raise ConversionError(f"cannot load the tokenizer from {tokenizer_folder}: {first_line(error)}") from None
     image_token_id = add_image_token(tokenizer)
@@ -1110,7 +1123,7 @@ def move_into_place(staging: Path, output: Path) -> None:
         os.rename(output, old)
     try:
         os.rename(staging, output)
-    except OSError:
+    except BaseException:  # also Ctrl-C between the two renames: put the old output back
         if old is not None:
             os.rename(old, output)
         raise
@@ -1233,8 +1246,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time of the message (it may be replaced, e.g. by pytest)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    """Notes and warnings as plain lines on stdout; stderr stays for the one error line."""
+    handler = CurrentStdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)

@@ -292,6 +292,50 @@ def test_release_layouts_convert_to_the_same_logits(tmp_path, state_dict, layout
     assert max_reference_error(output) <= 1e-4
 
 
+def test_tokenizer_in_checkpoint_gives_a_processor_with_the_image_token(tmp_path, state_dict):
+    if not TOKENIZER.is_dir():
+        pytest.skip("no tiny tokenizer fixture")
+    source = write_official_checkpoint(tmp_path / "official", state_dict, "bin")
+    for file in TOKENIZER.iterdir():
+        shutil.copy(file, source / file.name)
+    output = converter.convert_croc_checkpoint(source, CLIP, tmp_path / "hf", verify=False)
+    from modeling_croc.processing_croc import CrocProcessor
+
+    processor = CrocProcessor.from_pretrained(output)
+    assert processor.image_token_id == IMAGE_TOKEN_ID
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert "USER: <image>\nWhat is it? ASSISTANT:" in prompt
+    inputs = processor(images=Image.open(FIXTURE / "image.png"), text=prompt, return_tensors="pt")
+    assert int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum()) == NUM_IMAGE_TOKENS
+
+
+def test_differing_tower_copy_is_reported_and_clip_wins(tmp_path, state_dict, capsys):
+    key = "model.vision_tower.vision_tower.vision_model.post_layernorm.weight"
+    tensors = dict(state_dict, **{key: state_dict[key] + 1.0})
+    source = write_official_checkpoint(tmp_path / "official", tensors, "bin-sharded")
+    output = tmp_path / "hf"
+    code = converter.main(["--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "warning: 1 of the checkpoint's 55 vision-tower tensors differ" in captured.out
+    assert "dropped 8 tensor(s): the official code creates this module but never calls it" in captured.out
+    assert max_reference_error(output) <= 1e-4
+
+
+def test_vicuna_generation_config_keeps_greedy_decoding(tmp_path):
+    source = tmp_path / "official"
+    source.mkdir()
+    vicuna = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9, "top_p": 0.6, "max_length": 4096}
+    (source / "generation_config.json").write_text(json.dumps(vicuna))
+    config = modeling_croc.CrocConfig(text_config={"model_type": "llama", "vocab_size": 320, "hidden_size": 64,
+                                                   "intermediate_size": 128, "num_hidden_layers": 1,
+                                                   "num_attention_heads": 4}, prompt_pool_size=512)  # fmt: skip
+    generation_config = converter.build_generation_config(source, config)
+    assert not generation_config.do_sample and generation_config.max_length == 4096
+    generation_config.save_pretrained(tmp_path / "saved")  # transformers 5 refuses sampling flags without do_sample
+
+
 def test_bfloat16_output_dtypes(tmp_path, capsys):
     output = tmp_path / "bf16"
     code, stderr = convert_with_main(
