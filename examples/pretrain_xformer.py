@@ -31,6 +31,7 @@ random-resized crops (scale 0.5-1) with horizontal flips; X-Former trains 9 epoc
 import argparse
 import json
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -39,8 +40,14 @@ from PIL import Image, ImageDraw
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BertTokenizer, Trainer, TrainingArguments
 from transformers.utils import logging
 
-from modeling_croc import XFormerConfig, XFormerForConditionalGeneration, XFormerModel, XFormerProcessor
-from modeling_croc.processing_xformer import add_dec_token, build_clip_image_processor
+
+try:
+    import modeling_croc  # noqa: F401
+except ImportError:  # a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modeling_croc import XFormerConfig, XFormerForConditionalGeneration, XFormerModel, XFormerProcessor  # noqa: E402
+from modeling_croc.processing_xformer import add_dec_token, build_clip_image_processor  # noqa: E402
 
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 SHAPES = ["square", "circle"]
