@@ -61,11 +61,19 @@ MATCHING_METHODS = ("hungarian", "nearest")
 # the full matrix. The answer is therefore always an exact optimum.
 #
 # Warm start. SciPy's shortest-augmenting-path solver starts from zero duals; when every row wants
-# the same columns (the init-like regime) each augmentation re-explores all earlier rows. A square
-# problem is unchanged by subtracting a constant from a column, so we pad S to a square with
-# zero-cost dummy rows and subtract estimated column duals; SciPy then finds most rows' optimal
-# columns immediately. The estimate (columns priced by their mean cost above a threshold) only
-# helps when columns dominate the costs, so it is used only there.
+# the same columns (the init-like regime) each augmentation re-explores all earlier rows. Padding S
+# to a square with zero-cost dummy rows gives the same problem (dummies take the unused columns),
+# and in a square problem adding a constant p_j to a whole column changes every assignment's cost
+# by the same sum_j p_j, so it changes no optimum. With p_j ~ the column's dual (its mean cost
+# below a threshold) SciPy finds most rows' optimal columns at once: ~12 ms instead of ~400 ms.
+#
+# Dispatch. The estimate only helps when column means dominate the costs (init-like pools, where
+# squared norms vary ~45x more than 2 v.p). Otherwise rows want different columns (trained-like
+# pools), SciPy alone takes ~5-20 ms, and we call it directly on the full matrix.
+#
+# Rounding. The certificate runs in float64, where differences of fp32 costs are exact and chain
+# sums of them are exact unless the costs span many orders of magnitude; a tolerance of a few
+# hundred float64 ulps of the largest cost absorbs the rest (the optimum is exact to that level).
 # ---------------------------------------------------------------------------------------------
 
 _CANDIDATE_STRIDE = 8  # about this many cheapest columns of every row enter the candidates
