@@ -269,3 +269,47 @@ def test_qformer_stays_fp32_under_fp16(tmp_path):
     batch = {k: v.half() if v.is_floating_point() else v for k, v in tiny_batch().items()}
     out = model(**batch)
     assert out.query_output.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_contrastive_negatives_are_gathered_across_processes(monkeypatch):
+    """Rank 1 of a simulated 2-process run sees the same ITC logits as one process holding both halves."""
+    import torch.distributed as dist
+
+    model = tiny_model().train()
+    full = tiny_batch(batch_size=4)
+    noise = torch.rand(4, 16, generator=torch.Generator().manual_seed(0))
+    halves = [{key: value[part * 2 : part * 2 + 2] for key, value in full.items()} for part in (0, 1)]
+    with torch.no_grad():
+        single = model(**full, noise=noise)
+
+    rank, recorded, calls = {"value": 0}, [], {"count": 0}
+
+    def fake_all_gather(output, tensor):
+        if rank["value"] == 0:  # rank 0's pass: remember what it contributes
+            recorded.append(tensor.clone())
+            output[0].copy_(tensor)
+            output[1].copy_(tensor)  # stand-in for rank 1 (rank 0's outputs are not checked)
+        else:  # rank 1's pass: receive rank 0's tensors in the same call order
+            output[0].copy_(recorded[calls["count"]])
+            calls["count"] += 1
+            output[1].copy_(tensor)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank["value"])
+    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+    with torch.no_grad():
+        model(**halves[0], noise=noise[:2])
+        rank["value"] = 1
+        torch.manual_seed(0)
+        distributed = model(**halves[1], noise=noise[2:])
+    assert distributed.logits_per_image.shape == (2, 4)
+    torch.testing.assert_close(distributed.logits_per_image, single.logits_per_image[2:])
+    torch.testing.assert_close(distributed.logits_per_text, single.logits_per_text[2:])
+    targets = torch.tensor([2, 3])  # rank 1's positives sit after rank 0's rows
+    expected = (
+        torch.nn.functional.cross_entropy(single.logits_per_image[2:], targets, label_smoothing=0.1)
+        + torch.nn.functional.cross_entropy(single.logits_per_text[2:], targets, label_smoothing=0.1)
+    ) / 2
+    torch.testing.assert_close(distributed.itc_loss, expected)
+    assert distributed.itm_logits.shape == (6, 2)
