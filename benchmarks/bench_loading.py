@@ -25,7 +25,7 @@ LABELS = {"ours_label": "Croc checkpoint", "baseline_label": "same weights as LL
 
 
 def settings(quick: bool) -> dict:
-    return {"time_repeats": 2, "memory_repeats": 1} if quick else {"time_repeats": 7, "memory_repeats": 3}
+    return {"time_repeats": 2, "memory_repeats": 1} if quick else {"time_repeats": 7, "memory_repeats": 2}
 
 
 def save_checkpoints(quick: bool, folder: str) -> dict:

@@ -24,7 +24,7 @@ LORA_TARGETS = r"^model\.language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pro
 
 
 def settings(quick: bool) -> dict:
-    return {"time_repeats": 2, "memory_repeats": 1} if quick else {"time_repeats": 5, "memory_repeats": 2}
+    return {"time_repeats": 2, "memory_repeats": 1} if quick else {"time_repeats": 4, "memory_repeats": 2}
 
 
 def lora_config():

@@ -54,6 +54,7 @@ _PRELOAD = [
     "peft",
 ]
 _context = None
+_clock = "cpu"  # see set_clock
 _threads: int | None = None  # torch intra-op threads for this process and every probe child (None = torch default)
 
 
@@ -92,13 +93,27 @@ def synchronize(device: str) -> None:
 # ------------------------------------------------------------------ timing
 
 
+def set_clock(clock: str) -> None:
+    """"cpu": time CPU work with the process's CPU clock (user + system seconds of all its threads), which other
+    processes on a shared machine barely disturb; "wall": wall-clock time. CUDA work is always timed by wall clock."""
+    global _clock
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+    _clock = clock
+
+
+def clock_name(device: str = "cpu") -> str:
+    return "wall" if str(device).startswith("cuda") else _clock
+
+
 def time_call(fn: Callable[[], object], device: str = "cpu") -> float:
-    """Wall-clock seconds of one call of `fn`, synchronising the device before and after."""
+    """Seconds of one call of `fn` on the clock chosen by `set_clock`, synchronising the device before and after."""
+    now = time.perf_counter if clock_name(device) == "wall" else time.process_time
     synchronize(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def interleaved(
@@ -162,13 +177,35 @@ def _probe_context():
     return _context
 
 
+def _start_child(process) -> None:
+    with _fixed_mmap_threshold():  # the forkserver (or spawned child) starts here and keeps the setting
+        process.start()
+
+
 def start_memory_probe_server() -> None:
     """Start the probe server now, so its imports overlap with other work (optional)."""
     context = _probe_context()
     if context.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        with _fixed_mmap_threshold():
+            forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def _fixed_mmap_threshold():
+    """Start processes with glibc's mmap threshold pinned at 128 KiB: every large tensor then lives in its own
+    mapping that is returned on free, so RSS follows live memory. (glibc otherwise raises the threshold after the
+    first big free, and heap fragmentation makes peak RSS differ by up to 15% between equivalent workloads.)"""
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
 
 
 def _status_kib(field: str) -> int | None:
@@ -242,7 +279,7 @@ def peak_rss_delta(setup: Callable, kwargs: dict | None = None, timeout: float =
     context = _probe_context()
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_probe_child, args=(setup, kwargs or {}, _threads, sender))
-    child.start()
+    _start_child(child)
     sender.close()
     try:
         if not receiver.poll(timeout):
@@ -327,23 +364,32 @@ def build_croc(quick: bool, device: str = "cpu", dtype=None, seed: int = 0, **ov
     return model.to(device=device, dtype=dtype or torch.float32)
 
 
+def llava_vocab_size(text_vocab: int) -> int:
+    """LLaVA's vocabulary: the text one plus the image token, padded to a multiple of 64 as the llava-hf
+    checkpoints are (32000 -> 32064). An unpadded 32001-row LM head runs a misaligned GEMM that is 30-80% slower
+    on CPU, which would flatter Croc for a reason unrelated to its implementation."""
+    return -(-(text_vocab + 1) // 64) * 64
+
+
 def llava_twin(croc):
     """transformers' `LlavaForConditionalGeneration` holding Croc's weights (minus the prompt pool and the
-    reconstruction head), its vocabulary grown by one zero row for the image token, on Croc's device and dtype."""
+    reconstruction head), its vocabulary grown by zero rows for the image token (see `llava_vocab_size`), on
+    Croc's device and dtype."""
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     config = croc.config
     llava_config = LlavaConfig(
         vision_config=config.vision_config.to_dict(),
-        text_config={**config.text_config.to_dict(), "vocab_size": config.text_config.vocab_size + 1},
+        text_config={**config.text_config.to_dict(), "vocab_size": llava_vocab_size(config.text_config.vocab_size)},
         image_token_index=config.image_token_id,
         vision_feature_layer=config.vision_feature_layer,
     )
     llava = LlavaForConditionalGeneration(llava_config).eval()
     state = {k: v for k, v in croc.state_dict().items() if "prompt_pool" not in k and "reconstruction_head" not in k}
     for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-        state[key] = torch.cat([state[key], state[key].new_zeros(1, state[key].shape[1])])
+        padding = llava_config.text_config.vocab_size - state[key].shape[0]
+        state[key] = torch.cat([state[key], state[key].new_zeros(padding, state[key].shape[1])])
     missing, unexpected = llava.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"LLaVA twin does not match Croc: missing {missing}, unexpected {unexpected}")
@@ -405,6 +451,9 @@ def ratio_row(name: str, measured: dict, target: float | None, unit: str, **extr
         "target": target,
         "met": None if target is None or not math.isfinite(ratio) else bool(ratio <= target),
         "repeats": len(measured.get("ours_all", [])),
+        "clock": clock_name(extra.get("device", "cpu")) if unit == "s" else None,
+        "ours_samples": list(measured.get("ours_all", [])),
+        "baseline_samples": list(measured.get("baseline_all", [])),
     }
     row.update(extra)
     return row

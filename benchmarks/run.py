@@ -50,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: steadiest ratios on shared machines; 0 = torch's default)"
     )
+    parser.add_argument(
+        "--clock", choices=("cpu", "wall"), default="cpu",
+        help="time CPU runs by process CPU time (default: robust to other load on the machine) or wall clock",
+    )
     return parser.parse_args(argv)
 
 
@@ -147,6 +151,7 @@ def main(argv=None) -> int:
     import common
 
     threads = common.set_threads(args.threads)
+    common.set_clock(args.clock)
     common.start_memory_probe_server()
     started = time.perf_counter()
     rows, notes = [], []
@@ -160,12 +165,16 @@ def main(argv=None) -> int:
             print(f"[{group}] {len(group_rows)} rows in {seconds:.1f} s", flush=True)
         rows += group_rows
     total = time.perf_counter() - started
-    notes.append(f"total {total:.0f} s, {threads} torch thread(s), {'--quick' if args.quick else 'full'} run")
+    notes.append(
+        f"total {total:.0f} s wall, {threads} torch thread(s), CPU timings by {args.clock} clock, "
+        f"{'--quick' if args.quick else 'full'} run"
+    )
     notes.append("ratio = ours / baseline, median of per-pair ratios over interleaved repeats; lower is better")
     results = {
         "machine": common.machine_description(),
         "quick": args.quick,
         "threads": threads,
+        "clock": args.clock,
         "seconds": total,
         "rows": rows,
         "notes": notes,
