@@ -28,6 +28,10 @@ ROLE_OF_SPEAKER = {"human": "user", "gpt": "assistant", "system": "system"}
 CONVERSATION_FORMATS = ("v1", "plain")
 
 
+def is_llava_sample(sample) -> bool:
+    return isinstance(sample, dict) and isinstance(sample.get("conversations"), list)
+
+
 class LlavaConversationDataset(Dataset):
     """
     A LLaVA-format JSON list: `{"id", "image": path relative to image_folder, "conversations": [{"from": "human" |
@@ -47,7 +51,7 @@ class LlavaConversationDataset(Dataset):
         if isinstance(data, (str, os.PathLike)):
             with open(data, encoding="utf-8") as file:
                 data = json.load(file)
-        if not isinstance(data, list) or not all(isinstance(sample, dict) and "conversations" in sample for sample in data):
+        if not isinstance(data, list) or not all(is_llava_sample(sample) for sample in data):
             raise ValueError("LLaVA data must be a JSON list of objects, each with a 'conversations' list.")
         self.samples = data
         self.image_folder = image_folder
@@ -66,7 +70,8 @@ class LlavaConversationDataset(Dataset):
                 f"sample), got {type(relative_path).__name__}."
             )
         if self.image_folder is None:
-            raise ValueError(f"Sample {self.samples[index].get('id', index)} has an image but no image_folder was given.")
+            sample_id = self.samples[index].get("id", index)
+            raise ValueError(f"Sample {sample_id} has an image but no image_folder was given.")
         return os.path.join(self.image_folder, relative_path)
 
     def __getitem__(self, index: int) -> dict:
@@ -118,7 +123,8 @@ def render_plain(conversations: list[dict], image_token: str) -> tuple[str, list
 def supervised_token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
     """Tokens whose characters overlap a supervised span (zero-width tokens such as BOS never do)."""
     return [
-        token_end > token_start and any(token_start < span_end and token_end > span_start for span_start, span_end in spans)
+        token_end > token_start
+        and any(token_start < span_end and token_end > span_start for span_start, span_end in spans)
         for token_start, token_end in offsets
     ]
 
@@ -157,7 +163,8 @@ def mask_matches_spans(tokenizer, text, input_ids, offsets, mask, spans) -> bool
         ]
         if not tokens_cover_span(offsets, positions, (span_start, span_end)):
             return False
-        if not tokens_spell_span(tokenizer, [input_ids[position] for position in positions], text[span_start:span_end]):
+        span_ids = [input_ids[position] for position in positions]
+        if not tokens_spell_span(tokenizer, span_ids, text[span_start:span_end]):
             return False
     return True
 
@@ -193,7 +200,9 @@ class CrocDataCollator:
 
     def __init__(self, processor, max_length=None, image_aspect_ratio=None, conversation_format="v1"):
         if conversation_format not in CONVERSATION_FORMATS:
-            raise ValueError(f"conversation_format must be one of {CONVERSATION_FORMATS}, got {conversation_format!r}.")
+            raise ValueError(
+                f"conversation_format must be one of {CONVERSATION_FORMATS}, got {conversation_format!r}."
+            )
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
@@ -252,7 +261,8 @@ class CrocDataCollator:
         """Cut to `max_length`, refusing to cut an image run."""
         if self.max_length is None or len(input_ids) <= self.max_length:
             return input_ids, labels
-        image_positions = [position for position, token in enumerate(input_ids) if token == self.processor.image_token_id]
+        image_token_id = self.processor.image_token_id
+        image_positions = [position for position, token in enumerate(input_ids) if token == image_token_id]
         image_end = image_positions[-1] + 1 if image_positions else 0
         if image_end > self.max_length:
             raise ValueError(
@@ -279,7 +289,8 @@ class CrocDataCollator:
     def pad(self, sequences: list[list[int]], value: int) -> torch.Tensor:
         """Right-pad to the longest sequence."""
         length = max(len(sequence) for sequence in sequences)
-        return torch.tensor([sequence + [value] * (length - len(sequence)) for sequence in sequences], dtype=torch.long)
+        padded = [sequence + [value] * (length - len(sequence)) for sequence in sequences]
+        return torch.tensor(padded, dtype=torch.long)
 
     def __call__(self, samples: list[dict]) -> dict:
         images = [sample["image"] for sample in samples if sample.get("image") is not None]

@@ -340,7 +340,7 @@ class CrocImageProcessor(CLIPImageProcessorPil):
 
     @staticmethod
     def _resized_shape(height: int, width: int, size) -> tuple[int, int]:
-        """The `(height, width)` the backend's `resize` gives a `height x width` image, computed from the shape only."""
+        """The `(height, width)` the backend's `resize` gives a `height x width` image, from the shape alone."""
         if size.shortest_edge and size.longest_edge:
             return get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
         if size.shortest_edge:

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Processor for Croc: image processor + Vicuna tokenizer, `<image>` expansion and the official vicuna_v1 chat template."""
+"""Processor for Croc: image processor + Vicuna tokenizer, `<image>` expansion and the official vicuna_v1 template."""
 
 import re
 
@@ -37,7 +37,8 @@ VICUNA_V1_SYSTEM_PROMPT = (
 # "image" or literal "<image>" strings) move to its start, one "<image>\n" each, and the result is stripped, as the
 # official `preprocess_multimodal` does (so an image-only turn reads "USER: <image> ASSISTANT:"). Text blocks of one
 # message are joined with "\n". The generation prompt is "ASSISTANT:" without a trailing space. Answers are wrapped in
-# {% generation %}, so `return_assistant_tokens_mask=True` marks exactly the official supervised span (answer + "</s>").
+# {% generation %}, so `return_assistant_tokens_mask=True` marks exactly the official supervised span (answer +
+# "</s>").
 CROC_CHAT_TEMPLATE = (
     "{%- set default_system = \"" + VICUNA_V1_SYSTEM_PROMPT + "\" -%}"
     """
@@ -70,7 +71,8 @@ CROC_CHAT_TEMPLATE = (
 {%- for message in turns -%}
     {%- set expected_role = 'user' if loop.index0 % 2 == 0 else 'assistant' -%}
     {%- if message['role'] != expected_role -%}
-        {{- raise_exception('Croc conversations alternate user/assistant turns, starting with user (after an optional first system message); got role ' ~ message['role'] ~ ' at turn ' ~ loop.index0) -}}
+        {{- raise_exception('Croc conversations alternate user/assistant turns, starting with user (after an '
+            ~ 'optional first system message); got role ' ~ message['role'] ~ ' at turn ' ~ loop.index0) -}}
     {%- endif -%}
     {%- if message['role'] == 'user' -%}
         {%- set num_images = image_count(message['content']) | int -%}

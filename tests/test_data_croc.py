@@ -131,7 +131,8 @@ def test_v1_hand_checked_example(processor, tokenizer, samples_by_id):
     prefix_ids = tokenizer(prefix).input_ids
     full_ids = tokenizer(full_text).input_ids
     image_position = full_ids.index(processor.image_token_id)
-    expanded = full_ids[:image_position] + [processor.image_token_id] * NUM_IMAGE_TOKENS + full_ids[image_position + 1 :]
+    image_run = [processor.image_token_id] * NUM_IMAGE_TOKENS
+    expanded = full_ids[:image_position] + image_run + full_ids[image_position + 1 :]
     assert batch["input_ids"][0].tolist() == expanded
     answer_start = len(prefix_ids) + NUM_IMAGE_TOKENS - 1
     expected_labels = [IGNORE_INDEX] * answer_start + expanded[answer_start:]
