@@ -71,7 +71,7 @@ def interleaved_medians(ours, baseline, repeats: int, warm_up: bool = True, cloc
     clock=time.perf_counter gives wall time; time.process_time gives CPU time of all threads, which
     other processes on a shared machine disturb much less."""
     if warm_up:
-        ours(), baseline()  # thread pool creation, caches
+        ours()  # thread pool creation, caches (the baselines need none)
     ours_s, baseline_s = [], []
     for _ in range(repeats):
         for fn, times in ((ours, ours_s), (baseline, baseline_s)):
@@ -103,7 +103,7 @@ def bench_hungarian(label: str, costs: np.ndarray, repeats: int) -> list[dict]:
     one = interleaved_medians(lambda: hungarian_assignment(costs[:1]), lambda: scipy_one_by_one(costs[:1]), repeats)
     batch = interleaved_medians(lambda: hungarian_assignment(costs), lambda: scipy_one_by_one(costs), repeats)
     cpu = interleaved_medians(
-        lambda: hungarian_assignment(costs), lambda: scipy_one_by_one(costs), 2, warm_up=False, clock=time.process_time
+        lambda: hungarian_assignment(costs), lambda: scipy_one_by_one(costs), 1, warm_up=False, clock=time.process_time
     )
     return [
         row(f"{label}: hungarian assignment, one image {size}", *one),
@@ -147,7 +147,7 @@ def run(quick: bool = False) -> list[dict]:
     for label, make in (("init-like pool", init_like_pool), ("trained-like pool", trained_like_pool)):
         queries, pool = make()
         costs = pairwise_distances(queries, pool).numpy()  # [B, 432, 2048] fp32
-        results += bench_hungarian(label, costs, repeats=3 if quick else 5)
+        results += bench_hungarian(label, costs, repeats=3 if quick else 4)
         if make is init_like_pool:
             results += bench_distances_and_nearest(label, queries, pool, repeats=1 if quick else 2)
     return results
