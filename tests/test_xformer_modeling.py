@@ -313,3 +313,18 @@ def test_contrastive_negatives_are_gathered_across_processes(monkeypatch):
     ) / 2
     torch.testing.assert_close(distributed.itc_loss, expected)
     assert distributed.itm_logits.shape == (6, 2)
+
+
+def test_default_sizes_match_the_parameter_budget():
+    """Spec check (c): BLIP-2's 108 M trainable (ViT-g + OPT-6.7B) plus ~21 M for the dual block."""
+    from modeling_croc import XFormerForConditionalGeneration
+
+    opt_6_7b_width = dict(model_type="opt", hidden_size=4096, word_embed_proj_dim=4096, ffn_dim=16384,
+                          num_attention_heads=32, num_hidden_layers=1)  # the frozen depth does not matter here
+    with torch.device("meta"):
+        model = XFormerForConditionalGeneration(XFormerConfig(text_config=opt_6_7b_width))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dual = sum(p.numel() for p in model.dual_cross_attention.parameters())
+    assert 20.5e6 < dual < 21.5e6  # spec table: ~20.9 M
+    assert 107.5e6 < trainable - dual < 109e6  # BLIP-2 stage 2 (OPT-6.7B): 108 M
+    assert model.dual_cross_attention.layers[0].mae_from_queries.crossattention.attention.query.in_features == 1280
