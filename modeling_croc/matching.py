@@ -162,7 +162,8 @@ def _improving_exits(costs: np.ndarray, cols: np.ndarray, tol: float) -> np.ndar
 
     Returns an empty array if `cols` is optimal; otherwise the unused columns that end improving
     chains, or None if Bellman-Ford met a negative cycle (impossible for a restricted optimum,
-    except through rounding).
+    except through rounding). Needs m > n: every node then has an exit, so a negative cycle keeps
+    Bellman-Ford from settling (for m == n the candidate set is all columns and needs no check).
     """
     n = len(cols)
     own = costs[np.arange(n), cols].astype(np.float64)  # [n]
