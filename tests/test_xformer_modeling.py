@@ -179,6 +179,27 @@ def test_dual_block_switches_change_what_they_should():
     deep = tiny_model(dual_num_layers=2, dual_use_ffn=False)
     assert len(deep.dual_cross_attention.layers) == 2
     assert not hasattr(deep.dual_cross_attention.layers[0].mae_from_queries, "intermediate")
+    assert torch.isfinite(deep.train()(**batch).loss)
+
+
+def test_itg_fused_and_mae_feature_layer_switches():
+    batch = tiny_batch()
+    fused = tiny_model(itg_use_fused=True).train()
+    plain = tiny_model(itg_use_fused=False).train()
+    torch.manual_seed(0)
+    fused_out = fused(**batch)
+    torch.manual_seed(0)
+    plain_out = plain(**batch)
+    torch.testing.assert_close(fused_out.itc_loss, plain_out.itc_loss)  # same weights, only ITG's prefix differs
+    assert not torch.allclose(fused_out.itg_logits, plain_out.itg_logits)
+    early = tiny_model(mae_feature_layer=0).eval()
+    last = tiny_model(mae_feature_layer=-1).eval()
+    early_tokens = early.encode_mae(batch["mae_pixel_values"]).tokens
+    last_tokens = last.encode_mae(batch["mae_pixel_values"]).tokens
+    assert early_tokens.shape == last_tokens.shape and not torch.allclose(early_tokens, last_tokens)
+    with torch.no_grad(), mae_mask_ratio(early.mae_encoder, 0.0):
+        embeddings, _, _ = early.mae_encoder.embeddings(batch["mae_pixel_values"], noise=identity_noise(4, 16, "cpu"))
+    torch.testing.assert_close(early_tokens, embeddings)  # layer 0 = the embedding output (before any block)
 
 
 def test_activation_checkpointing_keeps_the_gradients():
