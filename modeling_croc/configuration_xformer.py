@@ -89,6 +89,7 @@ class XFormerConfig(PreTrainedConfig):
         image_token_index (`int`, *optional*): LLM placeholder id receiving the projected Z' in stage 2. `None`
             (default) prefixes the visual tokens to the text instead.
         initializer_range (`float`, defaults to 0.02): std of new weights (BERT / BLIP-2).
+        initializer_factor (`float`, defaults to 1.0): kept for parity with `Blip2Config`.
         tie_word_embeddings (`bool`, defaults to `True`): tie the ITG head's decoder to the Q-Former word
             embeddings (BERT's MLM head, as LAVIS). The stage-2 LLM follows its own `text_config`.
 
