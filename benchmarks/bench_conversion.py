@@ -32,16 +32,26 @@ TINY_CLIP = REPO_ROOT / "tests" / "fixtures" / "croc-tiny-official" / "clip"  # 
 NUM_IMAGE_TOKENS = 576
 PEAK_RSS_TARGET = 1.5  # peak RSS / largest input shard
 
-# Runs the converter and records the process's own high-water mark of resident memory (exact, unlike sampling).
+# Runs the converter and records the process's own high-water marks of resident memory (exact, unlike sampling):
+# once after the imports (the baseline: torch, transformers, the package) and once at exit. VmHWM belongs to the
+# process's own address space; ru_maxrss would also count the benchmark's memory at fork time.
 PEAK_RSS_WRAPPER = """
-import resource, runpy, sys
+import re, resource, runpy, sys
 report, script, *args = sys.argv[1:]
+def peak():
+    try:
+        with open("/proc/self/status") as status:
+            return int(re.search(r"VmHWM:\\s+(\\d+) kB", status.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+runpy.run_path(script, run_name="converter_imports_only")
+baseline = peak()
 sys.argv = [script, *args]
 try:
     runpy.run_path(script, run_name="__main__")
 finally:
     with open(report, "w") as file:
-        file.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+        file.write(f"{baseline} {peak()}")
 """
 
 
@@ -161,15 +171,16 @@ def write_checkpoint(spec: SyntheticCroc, folder: Path, layout: str) -> list[Pat
     return files
 
 
-def run_with_peak_rss(args: list[str], report: Path) -> tuple[subprocess.CompletedProcess, int, float]:
-    """Run the converter script with `args`; return the result, its peak RSS in bytes, and the wall time."""
+def run_with_peak_rss(args: list[str], report: Path) -> tuple[subprocess.CompletedProcess, int, int, float]:
+    """Run the converter script with `args`; return the result, its RSS after the imports and at its peak (bytes),
+    and the wall time."""
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", PEAK_RSS_WRAPPER, str(report), str(SCRIPT), *args], capture_output=True, text=True
     )
     elapsed = time.perf_counter() - started
-    peak = int(report.read_text()) if report.is_file() else 0
-    return result, peak, elapsed
+    baseline, peak = map(int, report.read_text().split()) if report.is_file() else (0, 0)
+    return result, baseline, peak, elapsed
 
 
 def conversion_seconds(stdout: str) -> float | None:
@@ -178,13 +189,13 @@ def conversion_seconds(stdout: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def bench_layout(spec: SyntheticCroc, layout: str, work: Path, baseline_rss: int) -> list[dict]:
+def bench_layout(spec: SyntheticCroc, layout: str, work: Path) -> list[dict]:
     files = write_checkpoint(spec, work / f"official-{layout}", layout)
     largest_shard = max(path.stat().st_size for path in files)
     total = sum(path.stat().st_size for path in files)
     output = work / f"hf-{layout}"
     args = ["--checkpoint", str(files[0].parent), "--vision-tower", str(TINY_CLIP), "--output", str(output)]
-    result, peak, wall = run_with_peak_rss([*args, "--max-shard-size", "1GB"], work / f"rss-{layout}.txt")
+    result, baseline_rss, peak, wall = run_with_peak_rss([*args, "--max-shard-size", "1GB"], work / f"rss-{layout}.txt")
     if result.returncode != 0:
         raise RuntimeError(f"conversion failed: {result.stderr.strip()}")
     seconds = conversion_seconds(result.stdout) or wall
@@ -195,6 +206,7 @@ def bench_layout(spec: SyntheticCroc, layout: str, work: Path, baseline_rss: int
         {"name": f"conversion peak RSS / largest shard ({label})", "value": round(peak / largest_shard, 3), "target": PEAK_RSS_TARGET},
         {"name": f"conversion peak RSS above import baseline / largest shard ({label})", "value": round((peak - baseline_rss) / largest_shard, 3), "target": None},
         {"name": f"conversion peak RSS, GB ({label})", "value": round(peak / 1e9, 3), "target": None},
+        {"name": f"RSS after imports (torch, transformers, modeling_croc), GB ({label})", "value": round(baseline_rss / 1e9, 3), "target": None},
         {"name": f"largest input shard, GB ({label})", "value": round(largest_shard / 1e9, 3), "target": None},
         {"name": f"conversion throughput incl. verification, GB/s ({label})", "value": round(total / 1e9 / seconds, 3), "target": None},
         {"name": f"end-to-end wall time incl. start-up, s ({label})", "value": round(wall, 1), "target": None},
@@ -206,12 +218,10 @@ def run(quick: bool = False) -> list[dict]:
     in a subprocess and report its peak RSS relative to the largest input shard and its throughput."""
     spec = QUICK if quick else SyntheticCroc()
     layouts = ("bin", "safetensors") if quick else ("bin",)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-conversion-") as tmp:
-        work = Path(tmp)
-        _, baseline_rss, _ = run_with_peak_rss(["--help"], work / "rss-baseline.txt")
-        rows = [{"name": "converter import baseline RSS, GB", "value": round(baseline_rss / 1e9, 3), "target": None}]
         for layout in layouts:
-            rows += bench_layout(spec, layout, work, baseline_rss)
+            rows += bench_layout(spec, layout, Path(tmp))
     return rows
 
 
