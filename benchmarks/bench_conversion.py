@@ -119,10 +119,10 @@ class SyntheticCroc:
             "intermediate_size": self.intermediate, "num_hidden_layers": self.layers, "num_attention_heads": 32,
             "num_key_value_heads": 32, "vocab_size": self.vocab, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
             "rope_theta": 10000.0, "rope_scaling": None, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2,
-            "pad_token_id": 0, "tie_word_embeddings": False, "torch_dtype": "float16", "mm_projector_type": "mlp2x_gelu",
-            "mm_hidden_size": self.vision_hidden, "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
-            "mm_patch_merge_type": "flat", "image_aspect_ratio": "pad", "croc_stage": False,
-            "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+            "pad_token_id": 0, "tie_word_embeddings": False, "torch_dtype": "float16",
+            "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": self.vision_hidden, "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch", "mm_patch_merge_type": "flat", "image_aspect_ratio": "pad",
+            "croc_stage": False, "mm_vision_tower": "openai/clip-vit-large-patch14-336",
         }  # fmt: skip
 
 
@@ -195,22 +195,28 @@ def bench_layout(spec: SyntheticCroc, layout: str, work: Path) -> list[dict]:
     total = sum(path.stat().st_size for path in files)
     output = work / f"hf-{layout}"
     args = ["--checkpoint", str(files[0].parent), "--vision-tower", str(TINY_CLIP), "--output", str(output)]
-    result, baseline_rss, peak, wall = run_with_peak_rss([*args, "--max-shard-size", "1GB"], work / f"rss-{layout}.txt")
+    result, baseline_rss, peak, wall = run_with_peak_rss(
+        [*args, "--max-shard-size", "1GB"], work / f"rss-{layout}.txt"
+    )
     if result.returncode != 0:
         raise RuntimeError(f"conversion failed: {result.stderr.strip()}")
     seconds = conversion_seconds(result.stdout) or wall
     for path in files:
         path.unlink()
     label = f"{layout} shards, {total / 1e9:.2f} GB"
+    measurements = [
+        ("conversion peak RSS / largest shard", peak / largest_shard, PEAK_RSS_TARGET),
+        ("conversion peak RSS above import baseline / largest shard", (peak - baseline_rss) / largest_shard, None),
+        ("conversion peak RSS, GB", peak / 1e9, None),
+        ("RSS after imports (torch, transformers, modeling_croc), GB", baseline_rss / 1e9, None),
+        ("largest input shard, GB", largest_shard / 1e9, None),
+        ("conversion throughput incl. verification, GB/s", total / 1e9 / seconds, None),
+        ("end-to-end wall time incl. interpreter start-up, s", wall, None),
+    ]
     return [
-        {"name": f"conversion peak RSS / largest shard ({label})", "value": round(peak / largest_shard, 3), "target": PEAK_RSS_TARGET},
-        {"name": f"conversion peak RSS above import baseline / largest shard ({label})", "value": round((peak - baseline_rss) / largest_shard, 3), "target": None},
-        {"name": f"conversion peak RSS, GB ({label})", "value": round(peak / 1e9, 3), "target": None},
-        {"name": f"RSS after imports (torch, transformers, modeling_croc), GB ({label})", "value": round(baseline_rss / 1e9, 3), "target": None},
-        {"name": f"largest input shard, GB ({label})", "value": round(largest_shard / 1e9, 3), "target": None},
-        {"name": f"conversion throughput incl. verification, GB/s ({label})", "value": round(total / 1e9 / seconds, 3), "target": None},
-        {"name": f"end-to-end wall time incl. start-up, s ({label})", "value": round(wall, 1), "target": None},
-    ]  # fmt: skip
+        {"name": f"{name} ({label})", "value": round(value, 3), "target": target}
+        for name, value, target in measurements
+    ]
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -11,48 +11,48 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Convert an official Croc checkpoint (github.com/deepglint/Croc) into a transformers folder for `CrocForConditionalGeneration`.
+"""Convert an official Croc checkpoint (github.com/deepglint/Croc) into a `CrocForConditionalGeneration` folder."""
 
-Usage:
-
-    python conversion/convert_croc_to_hf.py --checkpoint DeepGlint-AI/LLaVA-v1.5-Croc-7b \
-        --vision-tower openai/clip-vit-large-patch14-336 --output ./croc-7b-hf [--tokenizer lmsys/vicuna-7b-v1.5] \
-        [--dtype bfloat16] [--max-shard-size 5GB] [--overwrite] [--push-to-hub USER/croc-7b-hf] [--no-verify]
-
-Key mapping (official name -> transformers name; first matching rule wins, `drop` = not written):
-
-| official key                                          | converted key                                      |
-| ----------------------------------------------------- | -------------------------------------------------- |
-| `*.rotary_emb.inv_freq`                               | drop: rebuilt from the config                      |
-| `model.cross_attention.*`                             | drop: created but never called by the official code|
-| `model.vision_tower.vision_tower.vision_model.<rest>` | drop: the tower comes from `--vision-tower`; the   |
-|                                                       | copies are compared with it and differences shown  |
-| `model.mask_token`                                    | `model.prompt_pool`                                |
-| `model.mm_projector.0.<w/b>` / `.2.<w/b>`             | `model.multi_modal_projector.linear_1/linear_2.*`  |
-| `model.(layers|embed_tokens|norm).<rest>`             | `model.language_model.(layers|embed_tokens|norm).*`|
-| `lm_head.weight`                                      | `lm_head.weight`                                   |
-| `transform_block.position_embeddings.weight`          | `reconstruction_head.position_embeddings.weight`   |
-| `transform_block.layers.0.<rest>` (a BertLayer)       | `reconstruction_head.layer.<rest>`                 |
-| `transform_block.resize.<w/b>`                        | `reconstruction_head.out_proj.<w/b>`               |
-
-Vision tower (`--vision-tower`, a CLIP model or CLIP vision model folder):
-
-| CLIP key                                              | converted key                                      |
-| ----------------------------------------------------- | -------------------------------------------------- |
-| `*.position_ids`                                      | drop: a buffer the model rebuilds                  |
-| `text_model.*`, `text_projection.*`,                  | drop: the rest of a full CLIP model                |
-| `visual_projection.*`, `logit_scale`                  |                                                    |
-| `vision_model.<rest>` (transformers 4 layout)         | `model.vision_tower.<rest>`                        |
-| `(embeddings|pre_layrnorm|encoder|post_layernorm).*`  | `model.vision_tower.*` (transformers 5 layout)     |
-
-Any other key stops the conversion. The converted keys are checked against a `CrocForConditionalGeneration` built
-on the meta device from the derived config: each target key exactly once, with the model's shape.
-
-The conversion streams: one input tensor at a time (safetensors) or one mapped pickle shard at a time (`.bin`,
-`torch.load(weights_only=True, mmap=True)`), written straight into the output safetensors shard whose header is
-computed beforehand, so peak memory stays near one input shard whatever the model size. Everything is written into
-a temporary folder beside the output and moved into place only after verification.
-"""
+# Usage:
+#
+#     python conversion/convert_croc_to_hf.py --checkpoint DeepGlint-AI/LLaVA-v1.5-Croc-7b \
+#         --vision-tower openai/clip-vit-large-patch14-336 --output ./croc-7b-hf [--tokenizer lmsys/vicuna-7b-v1.5] \
+#         [--dtype bfloat16] [--max-shard-size 5GB] [--overwrite] [--push-to-hub USER/croc-7b-hf] [--no-verify]
+#
+# Key mapping (official name -> transformers name; first matching rule wins, `drop` = not written):
+#
+# | official key                                          | converted key                                      |
+# | ----------------------------------------------------- | -------------------------------------------------- |
+# | `*.rotary_emb.inv_freq`                               | drop: rebuilt from the config                      |
+# | `model.cross_attention.*`                             | drop: created but never called by the official code|
+# | `model.vision_tower.vision_tower.vision_model.<rest>` | drop: the tower comes from `--vision-tower`; the   |
+# |                                                       | copies are compared with it and differences shown  |
+# | `model.mask_token`                                    | `model.prompt_pool`                                |
+# | `model.mm_projector.0.<w/b>` / `.2.<w/b>`             | `model.multi_modal_projector.linear_1/linear_2.*`  |
+# | `model.(layers|embed_tokens|norm).<rest>`             | `model.language_model.(layers|embed_tokens|norm).*`|
+# | `lm_head.weight`                                      | `lm_head.weight`                                   |
+# | `transform_block.position_embeddings.weight`          | `reconstruction_head.position_embeddings.weight`   |
+# | `transform_block.layers.0.<rest>` (a BertLayer)       | `reconstruction_head.layer.<rest>`                 |
+# | `transform_block.resize.<w/b>`                        | `reconstruction_head.out_proj.<w/b>`               |
+#
+# Vision tower (`--vision-tower`, a CLIP model or CLIP vision model folder):
+#
+# | CLIP key                                              | converted key                                      |
+# | ----------------------------------------------------- | -------------------------------------------------- |
+# | `*.position_ids`                                      | drop: a buffer the model rebuilds                  |
+# | `text_model.*`, `text_projection.*`,                  | drop: the rest of a full CLIP model                |
+# | `visual_projection.*`, `logit_scale`                  |                                                    |
+# | `vision_model.<rest>` (transformers 4 layout)         | `model.vision_tower.<rest>`                        |
+# | `(embeddings|pre_layrnorm|encoder|post_layernorm).*`  | `model.vision_tower.*` (transformers 5 layout)     |
+#
+# Any other key stops the conversion. The converted keys are checked against a `CrocForConditionalGeneration` built
+# on the meta device from the derived config: each target key exactly once, with the model's shape.
+#
+# The conversion streams: one input tensor at a time (safetensors, or a memory-mapped pickled shard read through
+# `torch.load(weights_only=True, mmap=True)` whose pages are given back after each tensor), written straight into the
+# output safetensors shard whose header is computed beforehand. Peak memory is about two of the largest tensors (one
+# while writing, two while verifying) on top of the imports, whatever the model or shard size. Everything is written
+# into a temporary folder beside the output and moved into place only after verification.
 
 from __future__ import annotations
 
@@ -131,7 +131,9 @@ CHECKPOINT_KEY_RULES: tuple[KeyRule, ...] = (
 
 VISION_TOWER_KEY_RULES: tuple[KeyRule, ...] = (
     KeyRule(r"\.position_ids$", None, "a buffer the model rebuilds"),
-    KeyRule(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)", None, "not part of the vision tower"),
+    KeyRule(
+        r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)", None, "not part of the vision tower"
+    ),
     KeyRule(r"^vision_model\.", "model.vision_tower."),
     KeyRule(r"^(embeddings|pre_layrnorm|encoder|post_layernorm)\.", r"model.vision_tower.\1."),
 )
@@ -246,8 +248,7 @@ def check_targets(
     unplaceable = set(sources_by_target) - set(expected_shapes)
     if unplaceable:
         raise ConversionError(
-            "the model has no place for: "
-            + format_keys(f"{sources_by_target[t][0]} (-> {t})" for t in unplaceable)
+            "the model has no place for: " + format_keys(f"{sources_by_target[t][0]} (-> {t})" for t in unplaceable)
         )
     missing = set(expected_shapes) - set(sources_by_target)
     if missing:
@@ -314,7 +315,9 @@ def choose_weight_patterns(repo_id: str) -> list[str]:
     from huggingface_hub import HfApi
 
     files = HfApi().list_repo_files(repo_id)
-    return ["*.safetensors"] if any(name.endswith(".safetensors") for name in files) else ["*.bin"]
+    if any(name.endswith(".safetensors") for name in files):
+        return ["model*.safetensors"]
+    return ["pytorch_model*.bin"]  # not `training_args.bin` and other pickles the conversion never reads
 
 
 def resolve_source(name: str | os.PathLike, role: str, with_weights: bool = True) -> Path:
@@ -423,7 +426,9 @@ def load_pickled_shard(file: Path) -> tuple[dict[str, torch.Tensor], bool]:
             ) from None
         raise ConversionError(f"cannot read {file}: corrupt or truncated pickle ({first_line(error)})") from None
     except (RuntimeError, EOFError, ValueError) as error:
-        raise ConversionError(f"cannot read {file}: truncated or not a PyTorch checkpoint ({first_line(error)})") from None
+        raise ConversionError(
+            f"cannot read {file}: truncated or not a PyTorch checkpoint ({first_line(error)})"
+        ) from None
     if not isinstance(state_dict, dict):
         raise ConversionError(f"{file} does not hold a state dict (found {type(state_dict).__name__})")
     not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
@@ -438,7 +443,9 @@ def open_safetensors(file: Path) -> Iterator:
         with safe_open(str(file), framework="pt") as handle:
             yield handle
     except SafetensorError as error:
-        raise ConversionError(f"cannot read {file}: truncated or not a safetensors file ({first_line(error)})") from None
+        raise ConversionError(
+            f"cannot read {file}: truncated or not a safetensors file ({first_line(error)})"
+        ) from None
 
 
 def describe_shard(file: Path) -> list[TensorInfo]:
@@ -557,7 +564,9 @@ def check_official_config(official: dict, path: Path) -> None:
         raise ConversionError(f"unsupported mm_projector_type {projector!r} in {path}: only mlp2x_gelu is supported")
     feature = official.get("mm_vision_select_feature", "patch")
     if feature not in SELECT_FEATURE_TO_STRATEGY:
-        raise ConversionError(f"unsupported mm_vision_select_feature {feature!r} in {path}: expected patch or cls_patch")
+        raise ConversionError(
+            f"unsupported mm_vision_select_feature {feature!r} in {path}: expected patch or cls_patch"
+        )
     merge = official.get("mm_patch_merge_type", "flat")
     if merge != "flat":
         raise ConversionError(f"unsupported mm_patch_merge_type {merge!r} in {path}: only flat is supported")
@@ -584,7 +593,9 @@ def build_text_config(official: dict) -> LlamaConfig:
     text_config = LlamaConfig(**fields, rope_parameters=rope_settings(official))
     theta = text_config.rope_parameters.get("rope_theta")
     if theta != float(official.get("rope_theta", 10000.0)):
-        raise ConversionError(f"rope_theta {official.get('rope_theta')} did not survive into rope_parameters ({theta})")
+        raise ConversionError(
+            f"rope_theta {official.get('rope_theta')} did not survive into rope_parameters ({theta})"
+        )
     return text_config
 
 
@@ -708,7 +719,10 @@ def plan_conversion(
     plan = ConversionPlan()
     unknown = []
     clip_items = []
-    for infos, rules, role in ((checkpoint, CHECKPOINT_KEY_RULES, "checkpoint"), (clip, VISION_TOWER_KEY_RULES, "tower")):
+    for infos, rules, role in (
+        (checkpoint, CHECKPOINT_KEY_RULES, "checkpoint"),
+        (clip, VISION_TOWER_KEY_RULES, "tower"),
+    ):
         for info in infos:
             try:
                 target, rule = apply_key_rules(info.key, rules)
@@ -753,7 +767,17 @@ def parse_size(size: str | int) -> int:
     if found is None:
         raise ConversionError(f"cannot read the shard size {size!r} (examples: 5GB, 500MB, 2GiB)")
     number, unit = float(found.group(1)), (found.group(2) or "B").upper()
-    powers = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    powers = {
+        "B": 1,
+        "KB": 1e3,
+        "MB": 1e6,
+        "GB": 1e9,
+        "TB": 1e12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     bytes_ = int(number * powers[unit])
     if bytes_ <= 0:
         raise ConversionError(f"the shard size must be positive, got {size!r}")
@@ -876,7 +900,9 @@ def same_bits(left: torch.Tensor, right: torch.Tensor) -> bool:
     if left.dtype != right.dtype or left.shape != right.shape:
         return False
     as_integers = INTEGER_OF_SIZE[left.element_size()]
-    return torch.equal(left.contiguous().reshape(-1).view(as_integers), right.contiguous().reshape(-1).view(as_integers))
+    return torch.equal(
+        left.contiguous().reshape(-1).view(as_integers), right.contiguous().reshape(-1).view(as_integers)
+    )
 
 
 def verify_output(
@@ -893,9 +919,10 @@ def verify_output(
     index = read_json(folder / "model.safetensors.index.json", "written index")
     written = set(index["weight_map"])
     if written != set(expected_shapes):
+        missing, extra = set(expected_shapes) - written, written - set(expected_shapes)
         raise ConversionError(
             f"verification failed: written keys differ from the model's "
-            f"(missing {format_keys(set(expected_shapes) - written)}; extra {format_keys(written - set(expected_shapes))})"
+            f"(missing {format_keys(missing)}; extra {format_keys(extra)})"
         )
     total_items = sum(len(shard) for shard in shards)
     with tqdm(total=total_items, desc="verifying", unit="tensor", disable=None) as progress:
@@ -907,15 +934,19 @@ def verify_output(
                 source = reader.get(item.source)
                 expected = source.to(output_dtype(source.dtype, dtype))
                 if not same_bits(written_tensor, expected):
-                    raise ConversionError(f"verification failed: {item.target} in {path.name} differs from {item.source.key}")
+                    raise ConversionError(
+                        f"verification failed: {item.target} in {path.name} differs from {item.source.key}"
+                    )
                 del written_tensor, expected
                 reader.done(source)
                 progress.update(1)
     reader.release()
 
 
-def compare_tower_copies(copies: list[tuple[TensorInfo, TensorInfo]], reader: TensorReader, clip_reader: TensorReader) -> None:
-    """Report whether the checkpoint's own vision-tower tensors equal the --vision-tower ones (in the checkpoint's dtype)."""
+def compare_tower_copies(
+    copies: list[tuple[TensorInfo, TensorInfo]], reader: TensorReader, clip_reader: TensorReader
+) -> None:
+    """Report whether the checkpoint's vision-tower tensors equal --vision-tower's (in the checkpoint's dtype)."""
     if not copies:
         return
     differing, largest = [], 0.0
@@ -940,7 +971,9 @@ def compare_tower_copies(copies: list[tuple[TensorInfo, TensorInfo]], reader: Te
             "uses the --vision-tower weights, like the official loader"
         )
     else:
-        logger.info(f"note: the checkpoint's {len(copies)} vision-tower tensors equal --vision-tower's; using the latter")
+        logger.info(
+            f"note: the checkpoint's {len(copies)} vision-tower tensors equal --vision-tower's; using the latter"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -978,7 +1011,9 @@ def build_generation_config(source: Path, config: CrocConfig) -> GenerationConfi
     text = config.text_config
     if (source / "generation_config.json").is_file():
         values = read_json(source / "generation_config.json", "generation config")
-        values = {key: value for key, value in values.items() if key not in ("transformers_version", "_from_model_config")}
+        values = {
+            key: value for key, value in values.items() if key not in ("transformers_version", "_from_model_config")
+        }
         if not values.get("do_sample"):
             reset = [flag for flag in SAMPLING_ONLY_FLAGS if values.pop(flag, None) is not None]
             if reset:
@@ -1069,7 +1104,11 @@ def save_processor(tokenizer_folder: Path, image_processor, config: CrocConfig, 
     )
     save_with_code(processor, folder, "processor_config.json", "AutoProcessor")
     # AutoImageProcessor reads the image processor nested in processor_config.json before preprocessor_config.json.
-    add_auto_map(folder / "processor_config.json", {"AutoImageProcessor": auto_map_entry(type(image_processor))}, "image_processor")
+    add_auto_map(
+        folder / "processor_config.json",
+        {"AutoImageProcessor": auto_map_entry(type(image_processor))},
+        "image_processor",
+    )
 
 
 def write_model_card(folder: Path, model_id: str) -> None:
@@ -1138,10 +1177,15 @@ def push_folder_to_hub(folder: Path, repo_id: str) -> None:
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", exist_ok=True)
         api.upload_folder(
-            repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message="Upload Croc converted to transformers"
+            repo_id=repo_id,
+            repo_type="model",
+            folder_path=str(folder),
+            commit_message="Upload Croc converted to transformers",
         )
     except Exception as error:  # network, auth and offline errors come in many types
-        raise ConversionError(f"converted into {folder}, but the upload to {repo_id} failed: {first_line(error)}") from None
+        raise ConversionError(
+            f"converted into {folder}, but the upload to {repo_id} failed: {first_line(error)}"
+        ) from None
     logger.info(f"uploaded {folder} to https://huggingface.co/{repo_id}")
 
 
@@ -1231,7 +1275,7 @@ def convert_croc_checkpoint(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="official Croc checkpoint: folder or Hub repository id")
     parser.add_argument("--vision-tower", required=True, help="CLIP vision tower (mm_vision_tower): folder or Hub id")
     parser.add_argument("--output", required=True, help="folder to write the transformers model into")
@@ -1241,7 +1285,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the converted folder to this Hub repository")
     parser.add_argument(
-        "--verify", action=argparse.BooleanOptionalAction, default=True, help="re-read and compare every written tensor"
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="re-read and compare every written tensor",
     )
     return parser.parse_args(argv)
 

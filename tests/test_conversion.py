@@ -32,9 +32,10 @@ from safetensors.torch import save_file  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from transformers import AutoImageProcessor, AutoModelForImageTextToText  # noqa: E402
+
 import modeling_croc  # noqa: E402, F401  (registers Croc with the Auto classes)
 from conversion import convert_croc_to_hf as converter  # noqa: E402
-from transformers import AutoImageProcessor, AutoModelForImageTextToText  # noqa: E402
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "croc-tiny-official"
 OFFICIAL = FIXTURE / "croc"
@@ -46,7 +47,7 @@ IMAGE_TOKEN_ID = 320  # the tiny text vocabulary size
 NUM_IMAGE_TOKENS = 576
 
 
-# ------------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------------------------ helpers
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -91,7 +92,7 @@ def split_keys(keys: list[str], parts: int) -> list[list[str]]:
 def write_official_checkpoint(
     folder: Path, state_dict: dict, layout: str, config: dict | None = None, parts: int = 3
 ) -> Path:
-    """Save `state_dict` the way an official release may: `bin`, `bin-sharded`, `safetensors`, `safetensors-sharded`."""
+    """Save `state_dict` as an official release may: `bin`, `bin-sharded`, `safetensors` or `safetensors-sharded`."""
     folder.mkdir(parents=True)
     official_config = json.loads((OFFICIAL / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**official_config, **(config or {})}))
@@ -137,10 +138,14 @@ def assert_one_error_line(stderr: str, *fragments: str) -> None:
 
 
 def leftovers(parent: Path, name: str) -> list[Path]:
-    return sorted(path for path in parent.iterdir() if path.name.startswith(f"{name}.tmp-") or path.name.startswith(f"{name}.old-"))
+    return sorted(
+        path
+        for path in parent.iterdir()
+        if path.name.startswith(f"{name}.tmp-") or path.name.startswith(f"{name}.old-")
+    )
 
 
-# ------------------------------------------------------------------------------------------------------ fixtures
+# ----------------------------------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +166,20 @@ def state_dict() -> dict[str, torch.Tensor]:
     return official_state_dict()
 
 
-# ------------------------------------------------------------------------------------------------------ mapping
+# ------------------------------------------------------------------------------------------------------------ mapping
 
 
 def test_mapping_table():
     assert converter.convert_state_dict_key("model.mask_token") == "model.prompt_pool"
-    assert converter.convert_state_dict_key("model.mm_projector.0.weight") == "model.multi_modal_projector.linear_1.weight"
+    assert (
+        converter.convert_state_dict_key("model.mm_projector.0.weight")
+        == "model.multi_modal_projector.linear_1.weight"
+    )
     assert converter.convert_state_dict_key("model.mm_projector.2.bias") == "model.multi_modal_projector.linear_2.bias"
-    assert converter.convert_state_dict_key("model.layers.3.mlp.up_proj.weight") == "model.language_model.layers.3.mlp.up_proj.weight"
+    assert (
+        converter.convert_state_dict_key("model.layers.3.mlp.up_proj.weight")
+        == "model.language_model.layers.3.mlp.up_proj.weight"
+    )
     assert converter.convert_state_dict_key("model.embed_tokens.weight") == "model.language_model.embed_tokens.weight"
     assert converter.convert_state_dict_key("model.norm.weight") == "model.language_model.norm.weight"
     assert converter.convert_state_dict_key("lm_head.weight") == "lm_head.weight"
@@ -212,7 +223,36 @@ def test_convert_state_dict_is_pure_and_shape_checked(state_dict):
         converter.convert_state_dict(bad, expected, clip)
 
 
-# ------------------------------------------------------------------------------------------------------ the official reference
+def test_hub_ids_download_one_weight_format(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    calls = []
+    files = [
+        "config.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model-00002-of-00002.bin",
+        "training_args.bin",
+    ]
+    monkeypatch.setattr(converter, "hub_is_offline", lambda: False)
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kwargs: files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kwargs: calls.append(kwargs) or str(OFFICIAL))
+    assert converter.resolve_source("someone/croc-7b", "checkpoint") == OFFICIAL
+    assert calls[0]["repo_id"] == "someone/croc-7b"
+    assert "pytorch_model*.bin" in calls[0]["allow_patterns"] and "*.bin" not in calls[0]["allow_patterns"]
+    with pytest.raises(converter.ConversionError, match="does not exist"):
+        converter.resolve_source(str(tmp_path / "missing"), "checkpoint")
+
+
+def test_shard_sizes():
+    assert converter.parse_size("5GB") == 5 * 10**9
+    assert converter.parse_size("2GiB") == 2 * 2**30
+    assert converter.parse_size("300KB") == 300_000
+    with pytest.raises(converter.ConversionError, match="shard size"):
+        converter.parse_size("lots")
+
+
+# --------------------------------------------------------------------------------------------- the official reference
 
 
 def test_cli_conversion_reproduces_official_logits(converted_by_cli):
@@ -230,7 +270,12 @@ def test_image_processor_from_output_reproduces_official_pixels(converted_by_cli
 
 def test_output_folder_contents(converted_by_cli):
     files = {path.name for path in converted_by_cli.iterdir()}
-    assert {"config.json", "generation_config.json", "preprocessor_config.json", "model.safetensors.index.json"} <= files
+    assert {
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "model.safetensors.index.json",
+    } <= files
     assert {"configuration_croc.py", "modeling_croc.py", "README.md"} <= files
     index = json.loads((converted_by_cli / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
@@ -326,7 +371,14 @@ def test_differing_tower_copy_is_reported_and_clip_wins(tmp_path, state_dict, ca
 def test_vicuna_generation_config_keeps_greedy_decoding(tmp_path):
     source = tmp_path / "official"
     source.mkdir()
-    vicuna = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9, "top_p": 0.6, "max_length": 4096}
+    vicuna = {
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "temperature": 0.9,
+        "top_p": 0.6,
+        "max_length": 4096,
+    }
     (source / "generation_config.json").write_text(json.dumps(vicuna))
     config = modeling_croc.CrocConfig(text_config={"model_type": "llama", "vocab_size": 320, "hidden_size": 64,
                                                    "intermediate_size": 128, "num_hidden_layers": 1,
@@ -339,7 +391,15 @@ def test_vicuna_generation_config_keeps_greedy_decoding(tmp_path):
 def test_bfloat16_output_dtypes(tmp_path, capsys):
     output = tmp_path / "bf16"
     code, stderr = convert_with_main(
-        capsys, "--checkpoint", str(OFFICIAL), "--vision-tower", str(CLIP), "--output", str(output), "--dtype", "bfloat16"
+        capsys,
+        "--checkpoint",
+        str(OFFICIAL),
+        "--vision-tower",
+        str(CLIP),
+        "--output",
+        str(output),
+        "--dtype",
+        "bfloat16",
     )
     assert code == 0, stderr
     index = json.loads((output / "model.safetensors.index.json").read_text())
@@ -359,7 +419,8 @@ def build_gqa_reference(folder: Path):
     num_image_tokens = (image_size // patch) ** 2
     text = LlamaConfig(
         hidden_size=hidden, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=vocab, rms_norm_eps=1e-5, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab, rms_norm_eps=1e-5, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
     vision = {
         "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
@@ -389,7 +450,8 @@ def build_gqa_reference(folder: Path):
         official[f"model.cross_attention.{name}.weight"] = torch.randn(hidden, hidden)
         official[f"model.cross_attention.{name}.bias"] = torch.randn(hidden)
     config = {
-        **text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], "rope_theta": 10000.0,
+        **text.to_dict(), "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+        "rope_theta": 10000.0,
         "mm_hidden_size": 32, "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2,
         "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad", "torch_dtype": "float32",
     }  # fmt: skip
@@ -398,7 +460,9 @@ def build_gqa_reference(folder: Path):
     source = folder / "official"
     source.mkdir()
     (source / "config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in official.items()}, source / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in official.items()}, source / "model.safetensors", metadata={"format": "pt"}
+    )
     llava.model.multi_modal_projector.register_forward_hook(lambda module, inputs, out: F.normalize(out, dim=-1))
     return llava, source, folder / "clip", num_image_tokens
 
@@ -420,7 +484,7 @@ def test_grouped_query_attention_checkpoint_matches_an_independent_llava(tmp_pat
     assert float((logits - expected).abs().max()) <= 1e-4
 
 
-# ------------------------------------------------------------------------------------------------------ failures
+# ----------------------------------------------------------------------------------------------------------- failures
 
 
 def test_hostile_pickle_is_refused_without_running_it(tmp_path, capsys):
@@ -435,7 +499,9 @@ def test_hostile_pickle_is_refused_without_running_it(tmp_path, capsys):
     shutil.copy(OFFICIAL / "config.json", source / "config.json")
     torch.save({"model.mask_token": Payload()}, source / "pytorch_model.bin")
     assert not marker.exists()
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "refused to load", "open", "safetensors")
     assert not marker.exists()
@@ -446,7 +512,9 @@ def test_truncated_safetensors_shard(tmp_path, state_dict, capsys):
     source = write_official_checkpoint(tmp_path / "official", state_dict, "safetensors-sharded")
     shard = source / "model-00002-of-00003.safetensors"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "model-00002-of-00003.safetensors", "truncated")
     assert not (tmp_path / "out").exists()
@@ -456,7 +524,9 @@ def test_truncated_bin_shard(tmp_path, state_dict, capsys):
     source = write_official_checkpoint(tmp_path / "official", state_dict, "bin")
     weights = source / "pytorch_model.bin"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "pytorch_model.bin", "truncated")
 
@@ -464,7 +534,9 @@ def test_truncated_bin_shard(tmp_path, state_dict, capsys):
 def test_index_naming_a_missing_shard(tmp_path, state_dict, capsys):
     source = write_official_checkpoint(tmp_path / "official", state_dict, "bin-sharded")
     (source / "pytorch_model-00003-of-00003.bin").unlink()
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "missing", "pytorch_model-00003-of-00003.bin")
 
@@ -472,9 +544,13 @@ def test_index_naming_a_missing_shard(tmp_path, state_dict, capsys):
 def test_wrong_model_type(tmp_path, capsys):
     source = tmp_path / "official"
     source.mkdir()
-    (source / "config.json").write_text(json.dumps({**json.loads((OFFICIAL / "config.json").read_text()), "model_type": "llama"}))
+    (source / "config.json").write_text(
+        json.dumps({**json.loads((OFFICIAL / "config.json").read_text()), "model_type": "llama"})
+    )
     os.link(OFFICIAL / "pytorch_model.bin", source / "pytorch_model.bin")
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "unsupported model_type 'llama'", "croc_llama")
 
@@ -482,7 +558,9 @@ def test_wrong_model_type(tmp_path, capsys):
 def test_wrong_shape(tmp_path, state_dict, capsys):
     tensors = dict(state_dict, **{"model.mm_projector.2.weight": torch.zeros(64, 32)})
     source = write_official_checkpoint(tmp_path / "official", tensors, "safetensors")
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "wrong tensor shape", "model.mm_projector.2.weight [64, 32]", "[64, 64]")
 
@@ -490,14 +568,22 @@ def test_wrong_shape(tmp_path, state_dict, capsys):
 def test_unknown_key(tmp_path, state_dict, capsys):
     tensors = dict(state_dict, **{"model.mystery_adapter.weight": torch.zeros(3)})
     source = write_official_checkpoint(tmp_path / "official", tensors, "bin")
-    code, stderr = convert_with_main(capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out"))
+    code, stderr = convert_with_main(
+        capsys, "--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+    )
     assert code == 1
     assert_one_error_line(stderr, "cannot be placed", "model.mystery_adapter.weight")
 
 
 def test_offline_hub_id_is_a_clear_error(tmp_path, capsys):
     code, stderr = convert_with_main(
-        capsys, "--checkpoint", "DeepGlint-AI/LLaVA-v1.5-Croc-7b", "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")
+        capsys,
+        "--checkpoint",
+        "DeepGlint-AI/LLaVA-v1.5-Croc-7b",
+        "--vision-tower",
+        str(CLIP),
+        "--output",
+        str(tmp_path / "out"),
     )
     assert code == 1
     assert_one_error_line(stderr, "DeepGlint-AI/LLaVA-v1.5-Croc-7b", "offline")
@@ -545,7 +631,9 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path, monkeypat
     calls = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, **kwargs: calls.append(("create_repo", kwargs)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: calls.append(("upload_folder", kwargs)))
-    output = converter.convert_croc_checkpoint(OFFICIAL, CLIP, tmp_path / "out", push_to_hub="someone/croc-tiny-hf", verify=False)
+    output = converter.convert_croc_checkpoint(
+        OFFICIAL, CLIP, tmp_path / "out", push_to_hub="someone/croc-tiny-hf", verify=False
+    )
     assert [name for name, _ in calls] == ["create_repo", "upload_folder"]
     assert calls[0][1]["repo_id"] == "someone/croc-tiny-hf" and calls[0][1]["exist_ok"] is True
     assert calls[1][1]["repo_id"] == "someone/croc-tiny-hf" and Path(calls[1][1]["folder_path"]) == output
