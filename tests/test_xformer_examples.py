@@ -94,3 +94,15 @@ def test_stage2_trainer_step_passes_num_items_in_batch(setup, tmp_path):
     trainer.train()
     assert not torch.equal(before, model.language_projection.weight)
     assert all(not p.requires_grad for p in model.language_model.parameters())
+
+
+def test_pretrain_example_runs_both_stages_with_no_data(tmp_path, capsys):
+    from pretrain_xformer import main
+
+    main(["--output-dir", str(tmp_path), "--max-steps", "2"])
+    printed = capsys.readouterr().out
+    assert "stage 1: 2 steps" in printed and "stage 2: 2 steps" in printed and "caption for image 0" in printed
+    stage1 = XFormerModel.from_pretrained(tmp_path / "stage1")
+    stage2 = XFormerForConditionalGeneration.from_pretrained(tmp_path / "stage2")
+    torch.testing.assert_close(stage2.vision_model.post_layernorm.weight, stage1.vision_model.post_layernorm.weight)
+    assert (tmp_path / "stage2" / "processor_config.json").exists()
