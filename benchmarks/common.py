@@ -484,6 +484,49 @@ def row_problem(row) -> str | None:
     return f"row {row['name']!r} has neither a numeric ratio nor a numeric value"
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def normalise_row(row: dict) -> dict:
+    """Bring a row from any benchmark to this module's conventions (a copy; the original figures are kept):
+
+    - `ours_s` / `baseline_s` become `ours` / `baseline` in seconds;
+    - a ratio reported as a speed-up (`baseline / ours`) becomes `ours / baseline`, so every ratio in the table and
+      chart reads the same way (lower is better); the reported figure stays in `ratio_as_reported`;
+    - a row with only an absolute time (no ratio) shows it as its `value`.
+    """
+    row = dict(row)
+    for key in ("ours", "baseline"):
+        if key not in row and _number(row.get(f"{key}_s")):
+            row[key] = row[f"{key}_s"]
+            row.setdefault("unit", "s")
+    ours, baseline, ratio = row.get("ours"), row.get("baseline"), row.get("ratio")
+    if _number(ours) and _number(baseline) and _number(ratio) and ours > 0 and baseline > 0:
+        if math.isclose(ratio, baseline / ours, rel_tol=1e-6) and not math.isclose(ratio, ours / baseline, rel_tol=1e-6):
+            row["ratio_as_reported"] = ratio
+            row["ratio"] = ours / baseline
+            flipped = f"reported as speed-up {ratio:.2f}x; shown as ours/baseline"
+            row["note"] = f"{row['note']}; {flipped}" if row.get("note") else flipped
+    if not _number(row.get("ratio")) and not _number(row.get("value")) and _number(ours):
+        row.pop("ratio", None)
+        row["value"] = ours
+    return row
+
+
+def row_met(row: dict) -> bool | None:
+    """Whether the row meets its target: ratio <= target, or the absolute time <= `target_s`, or value <= target;
+    None when the row has no target."""
+    if _number(row.get("target")):
+        figure = row.get("ratio") if _number(row.get("ratio")) else row.get("value")
+        if _number(figure):
+            return bool(figure <= row["target"])
+    if _number(row.get("target_s")) and _number(row.get("ours")):
+        return bool(row["ours"] <= row["target_s"])
+    met = row.get("met")
+    return met if isinstance(met, bool) else None
+
+
 # ------------------------------------------------------------------ machine
 
 
@@ -566,12 +609,16 @@ def _status(row: dict) -> str:
     if "error" in row:
         lines = [line for line in str(row["error"]).strip().splitlines() if line.strip()]
         return "ERROR: " + (lines[-1] if lines else "failed")
-    if row.get("ratio") is None or row.get("target") is None:
-        return "info"
-    met = row.get("met")
-    if met is None:
-        met = row["ratio"] <= row["target"]
-    return "met" if met else "**missed**"
+    met = row_met(row)
+    return "info" if met is None else "met" if met else "**missed**"
+
+
+def _target_cell(row: dict) -> str:
+    if _number(row.get("target")):
+        return f"<= {row['target']:g}x" if _number(row.get("ratio")) else f"<= {row['target']:g}"
+    if _number(row.get("target_s")):
+        return f"<= {format_quantity(row['target_s'], 's')}"
+    return "-"
 
 
 def _cell(text) -> str:
@@ -586,15 +633,14 @@ def markdown_table(rows: list[dict]) -> str:
         unit = row.get("unit")
         ours = row.get("ours", row.get("value"))
         ratio = row.get("ratio")
-        target = row.get("target")
         device = row.get("device", "") + (f" {row['dtype']}" if row.get("dtype") else "")
         cells = [
             row.get("name", "?"),
             device.strip() or "-",
             format_quantity(ours, unit),
             format_quantity(row.get("baseline"), unit),
-            f"{ratio:.3f}x" if isinstance(ratio, (int, float)) and math.isfinite(ratio) else "-",
-            f"<= {target:g}x" if isinstance(target, (int, float)) else "-",
+            f"{ratio:.3f}x" if _number(ratio) else "-",
+            _target_cell(row),
             _status(row),
             row.get("note", ""),
         ]
@@ -614,22 +660,26 @@ def draw_ratio_chart(rows: list[dict], path: str, title: str = "") -> str | None
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install '.[bench]'), so no chart was drawn"
-    bars = [r for r in rows if isinstance(r.get("ratio"), (int, float)) and math.isfinite(r["ratio"])]
+    bars = [  # ratios, and single figures that carry a target (e.g. peak RSS / shard size)
+        r if _number(r.get("ratio")) else dict(r, ratio=r["value"])
+        for r in rows
+        if _number(r.get("ratio")) or (_number(r.get("value")) and _number(r.get("target")))
+    ]
     if not bars:
         return "no ratio rows to chart"
     height = max(2.5, 0.38 * len(bars) + 1.2)
-    figure, axes = plt.subplots(figsize=(9, height))
+    figure, axes = plt.subplots(figsize=(12, height))
     positions = list(range(len(bars)))[::-1]
     colours = [{"met": "#4c9a4c", "info": "#8c8c8c"}.get(_status(r), "#c8453b") for r in bars]
     axes.barh(positions, [r["ratio"] for r in bars], color=colours, height=0.65)
     for y, row in zip(positions, bars):
-        if isinstance(row.get("target"), (int, float)):
+        if _number(row.get("target")):
             axes.plot([row["target"]] * 2, [y - 0.42, y + 0.42], color="black", linewidth=2)
         axes.text(row["ratio"], y, f" {row['ratio']:.2f}x", va="center", fontsize=8)
     axes.axvline(1.0, color="#555555", linestyle=":", linewidth=1)
     labels = [r["name"] + (f" [{r['device']}]" if r.get("device") not in (None, "cpu") else "") for r in bars]
     axes.set_yticks(positions, labels, fontsize=8)
-    axes.set_xlabel("ratio ours / baseline (lower is better); black tick = target, dotted = parity")
+    axes.set_xlabel("ratio ours / baseline (lower is better)\nblack tick = target, dotted line = parity (1.0x)")
     axes.set_title(title or "modeling_croc benchmarks: green = target met, red = missed, grey = no target", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -77,6 +77,8 @@ def checked_rows(group: str, module_name: str, rows) -> list[dict]:
         return [common.error_row(f"{group}/run", f"{module_name}.run returned {type(rows).__name__}, not a list")]
     checked = []
     for row in rows:
+        if isinstance(row, dict):
+            row = common.normalise_row(row)
         problem = common.row_problem(row)
         if problem:
             checked.append(common.error_row(f"{group}/malformed row", f"{module_name}: {problem}: {row!r}"))
