@@ -68,7 +68,10 @@ def expand_image_placeholder(input_ids: torch.Tensor, image_token_id: int = IMAG
 
 
 def logits_of(folder: Path, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    """Logits of the converted folder, after checking it loads with no missing, unexpected or mismatched keys."""
+    model, info = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    model.eval()
     with torch.no_grad():
         return model(input_ids=input_ids, pixel_values=pixel_values).logits
 
