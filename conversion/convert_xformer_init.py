@@ -32,6 +32,8 @@ Sources (local folders or Hub ids):
 Dropped on purpose: BERT `token_type_embeddings`, `pooler`, `cls.predictions.decoder.*` (tied); the BLIP-2 Q-Former,
 projection and LLM when the vision tower is all we take from it. Any other source key, any X-Former key neither
 mapped nor listed as new, and any shape mismatch stop the script with a one-line error and exit status 1.
+The output folder also gets an `XFormerProcessor` (the BERT tokenizer with `[DEC]` for stage 1, the LLM's for
+stage 2) when the source folder has tokenizer files, and `conversion_report.json` (sourced / new keys).
 
 Example:
 
@@ -272,6 +274,29 @@ def check_coverage(model_state: dict, weights: dict):
             raise ConversionError(f"no source for X-Former key '{key}'")
 
 
+def save_processor(config, tokenizer_dir: Path, output: Path) -> str | None:
+    """An XFormerProcessor beside the weights: BERT tokenizer + [DEC] (stage 1) or the LLM's (stage 2), CLIP-stat
+    image processor at the vision resolution. Skipped (None) when the source folder has no tokenizer."""
+    from transformers import AutoTokenizer
+
+    from modeling_croc import XFormerProcessor
+    from modeling_croc.processing_xformer import add_dec_token, build_clip_image_processor
+
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+    if not any((tokenizer_dir / name).exists() for name in tokenizer_files):
+        return None
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if config.text_config is None:
+        dec_id = add_dec_token(tokenizer)
+        if dec_id != config.itg_bos_token_id or len(tokenizer) != config.qformer_config.vocab_size:
+            raise ConversionError(f"tokenizer in {tokenizer_dir} does not match the Q-Former vocabulary")
+    image_size = config.vision_config.image_size
+    image_size = image_size if isinstance(image_size, int) else image_size[0]
+    processor = XFormerProcessor(build_clip_image_processor(image_size), tokenizer)
+    processor.save_pretrained(output)
+    return type(tokenizer).__name__
+
+
 def convert(args) -> Path:
     from modeling_croc import XFormerForConditionalGeneration, XFormerModel
 
@@ -293,10 +318,12 @@ def convert(args) -> Path:
     model.tie_weights()
     output = Path(args.output)
     model.save_pretrained(output)
+    processor = save_processor(config, bert_dir if opt_dir is None else opt_dir, output)
     report = {
         "class": model_class.__name__,
         "sourced": len(weights),
         "new": sorted(key for key in model_state if key not in weights),
+        "processor": processor,
     }
     (output / "conversion_report.json").write_text(json.dumps(report, indent=2))
     return output

@@ -27,8 +27,10 @@ from test_xformer_helpers import (
     tiny_vision_config,
 )
 from transformers import (
+    AutoProcessor,
     BertConfig,
     BertForMaskedLM,
+    BertTokenizer,
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2ForImageTextRetrieval,
@@ -67,6 +69,8 @@ def parts(tmp_path_factory):
     bert = BertConfig(vocab_size=BERT_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=37, max_position_embeddings=64)
     BertForMaskedLM(bert).save_pretrained(root / "bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{index}" for index in range(BERT_VOCAB - 5)]
+    BertTokenizer(vocab={word: index for index, word in enumerate(words)}).save_pretrained(root / "bert")
     OPTForCausalLM(OPTConfig(**{k: v for k, v in tiny_text_config().items() if k != "model_type"})).save_pretrained(
         root / "opt"
     )
@@ -111,6 +115,9 @@ def test_stage1_from_bert_places_every_part(parts, tmp_path):
     new_qformer = {key for key in report["new"] if key.startswith("qformer.")}
     assert new_qformer and all(".crossattention." in key for key in new_qformer)
     assert [key for key in report["new"] if key.startswith("lm_head.")] == ["lm_head.decoder.weight"]  # tied
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")  # BERT tokenizer + [DEC], CLIP statistics
+    assert processor.tokenizer.convert_tokens_to_ids("[DEC]") == BERT_VOCAB == model.config.itg_bos_token_id
+    assert processor.image_processor.size["height"] == 56 and report["processor"] == "BertTokenizer"
 
 
 def test_qformer_from_blip2_and_stage2_with_opt(parts, tmp_path):
@@ -125,6 +132,7 @@ def test_qformer_from_blip2_and_stage2_with_opt(parts, tmp_path):
         assert torch.equal(model.language_model.state_dict()[key], value), key
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
     assert {key.split(".")[0] for key in report["new"]} == {"dual_cross_attention", "language_projection"}
+    assert report["processor"] is None  # the OPT stand-in ships no tokenizer
 
 
 def test_unplaceable_key_is_a_one_line_error(parts, tmp_path, capsys):
