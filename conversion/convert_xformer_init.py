@@ -138,8 +138,8 @@ def map_state_dict(source: dict, rules: list, source_name: str) -> dict:
     for key, tensor in source.items():
         for pattern, targets in rules:
             if re.match(pattern, key):
-                for target in targets or []:
-                    mapped[re.sub(pattern, target, key)] = tensor
+                for index, target in enumerate(targets or []):  # a copy per extra target: no shared storage
+                    mapped[re.sub(pattern, target, key)] = tensor if index == 0 else tensor.clone()
                 break
         else:
             raise ConversionError(f"cannot place {source_name} key '{key}' in X-Former")
@@ -274,6 +274,21 @@ def check_coverage(model_state: dict, weights: dict):
             raise ConversionError(f"no source for X-Former key '{key}'")
 
 
+def materialize(model, weights: dict):
+    """Meta model -> CPU: sourced tensors are assigned (no copy), only the new parameters are initialised."""
+    model.to_empty(device="cpu")
+    result = model.load_state_dict(weights, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise ConversionError(f"unexpected keys: {result.unexpected_keys[:5]}")
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if name in weights:
+            tensor._is_hf_initialized = True  # `transformers.initialization` skips these
+    model.initialize_weights()
+    model.tie_weights()
+    model.freeze()
+    return model
+
+
 def save_processor(config, tokenizer_dir: Path, output: Path) -> str | None:
     """An XFormerProcessor beside the weights: BERT tokenizer + [DEC] (stage 1) or the LLM's (stage 2), CLIP-stat
     image processor at the vision resolution. Skipped (None) when the source folder has no tokenizer."""
@@ -307,15 +322,13 @@ def convert(args) -> Path:
     weights = gather_weights(args, blip2_dir, mae_dir, bert_dir, qformer_dir, opt_dir)
     torch.manual_seed(args.seed)
     model_class = XFormerForConditionalGeneration if opt_dir is not None else XFormerModel
-    model = model_class(config)
+    with torch.device("meta"):  # no random init of the billions of parameters the sources overwrite
+        model = model_class(config)
     model_state = model.state_dict()
     if model_class is XFormerForConditionalGeneration:
         weights = {k: v for k, v in weights.items() if not any(re.match(p, k) for p in STAGE1_ONLY_KEYS)}
     check_coverage(model_state, weights)
-    result = model.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise ConversionError(f"unexpected keys: {result.unexpected_keys[:5]}")
-    model.tie_weights()
+    model = materialize(model, weights)
     output = Path(args.output)
     model.save_pretrained(output)
     processor = save_processor(config, bert_dir if opt_dir is None else opt_dir, output)

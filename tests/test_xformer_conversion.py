@@ -109,6 +109,14 @@ def test_stage1_from_bert_places_every_part(parts, tmp_path):
     assert model.lm_head.decoder.weight.data_ptr() == words.data_ptr()
     assert torch.equal(model.lm_head.bias[:BERT_VOCAB], bert.cls.predictions.bias) and model.lm_head.bias[-1] == 0
     report = json.loads((tmp_path / "out" / "conversion_report.json").read_text())
+    # the new parts are initialised (the model is built on meta, only they get an init): BERT-style values
+    assert all(torch.isfinite(tensor).all() for tensor in model.state_dict().values())
+    assert model.temp.item() == pytest.approx(0.07)
+    dual_step = model.dual_cross_attention.layers[0].mae_from_queries
+    assert torch.equal(dual_step.crossattention.output.LayerNorm.weight, torch.ones(48))
+    assert torch.equal(dual_step.crossattention.attention.query.bias, torch.zeros(48))
+    assert 0.01 < dual_step.crossattention.attention.query.weight.std() < 0.03
+    assert torch.equal(model.embeddings.position_ids, torch.arange(64)[None])
     new_roots = {key.split(".")[0] for key in report["new"]}
     assert new_roots == {"query_tokens", "vision_projection", "text_projection", "itm_head", "temp",
                          "dual_cross_attention", "qformer", "lm_head"}
