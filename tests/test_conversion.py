@@ -544,6 +544,30 @@ def test_index_naming_a_missing_shard(tmp_path, state_dict, capsys):
     assert_one_error_line(stderr, "missing", "pytorch_model-00003-of-00003.bin")
 
 
+def test_index_pointing_at_the_wrong_shard(tmp_path, state_dict, capsys):
+    source = write_official_checkpoint(tmp_path / "official", state_dict, "safetensors-sharded")
+    index_file = source / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"]["lm_head.weight"] = "model-00001-of-00003.safetensors"
+    index_file.write_text(json.dumps(index))
+    args = ["--checkpoint", str(source), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")]
+    code, stderr = convert_with_main(capsys, *args)
+    assert code == 1
+    assert_one_error_line(stderr, "does not hold", "lm_head.weight")
+
+
+def test_ctrl_c_on_the_command_line(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter, "write_safetensors_shard", interrupt)
+    args = ["--checkpoint", str(OFFICIAL), "--vision-tower", str(CLIP), "--output", str(tmp_path / "out")]
+    code, stderr = convert_with_main(capsys, *args)
+    assert code == 130
+    assert_one_error_line(stderr, "interrupted")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path, "out")
+
+
 def test_wrong_model_type(tmp_path, capsys):
     source = tmp_path / "official"
     source.mkdir()
