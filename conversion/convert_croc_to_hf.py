@@ -84,6 +84,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("modeling_croc") is None:  # run from a source checkout without `pip install`
     sys.path.insert(0, str(REPO_ROOT))
 
+import transformers  # noqa: E402
 from transformers import CLIPVisionConfig, GenerationConfig, LlamaConfig  # noqa: E402
 from transformers.dynamic_module_utils import custom_object_save  # noqa: E402
 
@@ -573,6 +574,16 @@ def check_official_config(official: dict, path: Path) -> None:
     for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):
         if official.get(flag):
             raise ConversionError(f"{flag}=true in {path} adds image tokens to the vocabulary, which Croc never does")
+
+
+def warn_if_other_tower(official: dict, vision_tower: str | os.PathLike) -> None:
+    """A Hub id for --vision-tower that differs from the checkpoint's `mm_vision_tower` is probably a mistake."""
+    named = official.get("mm_vision_tower")
+    given = str(vision_tower)
+    if named and not Path(given).expanduser().exists() and given != named:
+        logger.warning(
+            f"warning: the checkpoint was trained with mm_vision_tower {named}, but --vision-tower is {given}"
+        )
 
 
 def rope_settings(official: dict) -> dict:
@@ -1232,6 +1243,7 @@ def convert_croc_checkpoint(
 
     official = read_json(checkpoint_folder / "config.json", "checkpoint config")
     check_official_config(official, checkpoint_folder / "config.json")
+    warn_if_other_tower(official, vision_tower)
     vision_config = build_vision_config(clip_folder)
     checkpoint_tensors = list_source_tensors(checkpoint_folder, "checkpoint")
     clip_tensors = list_source_tensors(clip_folder, "vision tower")
@@ -1308,8 +1320,6 @@ def configure_logging() -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    import transformers
-
     transformers.logging.set_verbosity_error()
 
 
@@ -1334,7 +1344,7 @@ def main(argv: list[str] | None = None) -> int:
             verify=args.verify,
         )
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written to the output folder", file=sys.stderr)
+        print("error: interrupted; no unfinished output folder was left behind", file=sys.stderr)
         return 130
     except ConversionError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
