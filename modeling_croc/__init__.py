@@ -22,18 +22,27 @@ from transformers import (
 )
 
 from .configuration_croc import CrocConfig
+from .configuration_xformer import XFormerConfig
 from .image_processing_croc import CrocImageProcessor
 from .modeling_croc import CrocForConditionalGeneration, CrocModel, CrocPreTrainedModel
+from .modeling_xformer import XFormerForConditionalGeneration, XFormerModel, XFormerPreTrainedModel
 from .processing_croc import CrocProcessor
+from .processing_xformer import XFormerProcessor
 
 __version__ = "0.1.0"
 
-# --- Croc registration ---
+# Auto classes: `AutoModel*.from_pretrained(folder)` returns these classes once the package is imported.
 AutoConfig.register("croc", CrocConfig, exist_ok=True)
 AutoModel.register(CrocConfig, CrocModel, exist_ok=True)
 AutoModelForImageTextToText.register(CrocConfig, CrocForConditionalGeneration, exist_ok=True)
 AutoImageProcessor.register(CrocConfig, image_processor_classes={"pil": CrocImageProcessor}, exist_ok=True)
 AutoProcessor.register(CrocConfig, CrocProcessor, exist_ok=True)
+
+AutoConfig.register("xformer", XFormerConfig, exist_ok=True)
+AutoModel.register(XFormerConfig, XFormerModel, exist_ok=True)
+AutoModelForImageTextToText.register(XFormerConfig, XFormerForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(XFormerConfig, XFormerProcessor, exist_ok=True)
+
 # Saved folders carry the code and an `auto_map`, so they load with `trust_remote_code=True` without this package.
 CrocConfig.register_for_auto_class()
 CrocModel.register_for_auto_class("AutoModel")
@@ -41,26 +50,9 @@ CrocForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToTex
 CrocImageProcessor.register_for_auto_class("AutoImageProcessor")
 CrocProcessor.register_for_auto_class("AutoProcessor")
 
-# --- X-Former registration ---
-from .configuration_xformer import XFormerConfig  # noqa: E402
-from .modeling_xformer import XFormerForConditionalGeneration, XFormerModel, XFormerPreTrainedModel  # noqa: E402
-from .processing_xformer import XFormerProcessor  # noqa: E402
-
-AutoConfig.register("xformer", XFormerConfig, exist_ok=True)
-AutoModel.register(XFormerConfig, XFormerModel, exist_ok=True)
-AutoModelForImageTextToText.register(XFormerConfig, XFormerForConditionalGeneration, exist_ok=True)
-AutoProcessor.register(XFormerConfig, XFormerProcessor, exist_ok=True)
 XFormerConfig.register_for_auto_class()
 XFormerModel.register_for_auto_class("AutoModel")
 XFormerForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
-_XFORMER_ALL = [
-    "XFormerConfig",
-    "XFormerForConditionalGeneration",
-    "XFormerModel",
-    "XFormerPreTrainedModel",
-    "XFormerProcessor",
-]
-# --- end X-Former registration ---
 
 __all__ = [
     "CrocConfig",
@@ -69,5 +61,9 @@ __all__ = [
     "CrocModel",
     "CrocPreTrainedModel",
     "CrocProcessor",
-    *_XFORMER_ALL,
+    "XFormerConfig",
+    "XFormerForConditionalGeneration",
+    "XFormerModel",
+    "XFormerPreTrainedModel",
+    "XFormerProcessor",
 ]

@@ -14,15 +14,11 @@
 """Hub push (everything up to the network call) and pull (with the package, and with remote code only)."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFICIAL, REPO_ROOT, tiny_croc_model
+from conftest import OFFICIAL, run_without_package, tiny_croc_model
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from peft import get_peft_model
@@ -221,23 +217,10 @@ def test_auto_classes_load_the_same_with_the_package_and_with_remote_code_only(c
         logits = model(**inputs).logits
     torch.save({"prompt": prompt, "logits": logits, **inputs}, tmp_path / "expected.pt")
 
-    script = textwrap.dedent(
-        f"""
-        import sys, importlib.abc
-        class HidePackage(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_croc" or name.startswith("modeling_croc."):
-                    raise ImportError("modeling_croc is hidden in this test")
-        sys.meta_path.insert(0, HidePackage())
-        sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
+    script = f"""
         import torch
         from PIL import Image
         from transformers import AutoModelForImageTextToText, AutoProcessor
-        try:
-            import modeling_croc
-            raise SystemExit("package still importable")
-        except ImportError:
-            pass
         folder = {str(folder)!r}
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
         model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
@@ -255,9 +238,5 @@ def test_auto_classes_load_the_same_with_the_package_and_with_remote_code_only(c
         torch.testing.assert_close(logits, expected["logits"], atol=1e-6, rtol=1e-6)
         print("REMOTE-OK")
         """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = run_without_package(script, tmp_path, timeout=600)
     assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]

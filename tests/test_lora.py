@@ -20,9 +20,18 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, image_prompt, pad_batch, random_pixels, tiny_croc_model
+from conftest import (
+    REPO_ROOT,
+    TinyImageTextDataset,
+    collate_tiny_batch,
+    image_prompt,
+    pad_batch,
+    random_pixels,
+    tiny_croc_model,
+)
+from conftest import tiny_training_args as training_args
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments
+from transformers import AutoModelForImageTextToText, Trainer
 
 from modeling_croc import CrocForConditionalGeneration
 from modeling_croc.peft_croc import (
@@ -39,56 +48,6 @@ LM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 # ---------------------------------------------------------------------------------------------------- data
 
 
-class ConversationTensors(torch.utils.data.Dataset):
-    """Samples of one image each with a different number of supervised tokens per sample (2, 3, 4, ...)."""
-
-    def __init__(self, config, size=8, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-        self.rows = []
-        for i in range(size):
-            supervised = 2 + i % 4
-            text = torch.randint(3, 90, (2 + supervised,), generator=generator).tolist()
-            row = image_prompt(config, text[:2], text[2:])
-            ids = torch.tensor(row)
-            labels = torch.where(torch.arange(len(row)) >= len(row) - supervised, ids, -100)
-            pixels = random_pixels(config, 1, seed=seed * 100 + i)[0]
-            self.rows.append(dict(input_ids=ids, labels=labels, pixel_values=pixels, id=i))
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        return self.rows[index]
-
-
-def collate(samples):
-    ids, mask = pad_batch([s["input_ids"].tolist() for s in samples])
-    labels, _ = pad_batch([s["labels"].tolist() for s in samples], pad_id=-100)
-    return dict(
-        input_ids=ids,
-        attention_mask=mask,
-        labels=labels,
-        pixel_values=torch.stack([s["pixel_values"] for s in samples]),
-    )
-
-
-def training_args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        learning_rate=5e-3,
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        seed=0,
-    )
-    settings.update(overrides)
-    return TrainingArguments(**settings)
 
 
 def lora_model(seed=0, **config_overrides):
@@ -222,11 +181,11 @@ def test_lora_trains_and_changes_only_lora_and_projector_weights(tmp_path):
     peft_model = lora_model(init_lora_weights=True)  # standard init: B = 0, the adapter starts as a no-op
     base = peft_model.get_base_model()
     before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
-    dataset = ConversationTensors(base.config, size=4)
-    eval_batch = collate([dataset[i] for i in range(len(dataset))])
+    dataset = TinyImageTextDataset(base.config, size=4)
+    eval_batch = collate_tiny_batch([dataset[i] for i in range(len(dataset))])
     trainer = Trainer(
         model=peft_model, args=training_args(tmp_path, max_steps=8, learning_rate=3e-2), train_dataset=dataset,
-        data_collator=collate,
+        data_collator=collate_tiny_batch,
     )
     with torch.no_grad():
         peft_model.eval()
@@ -254,9 +213,9 @@ def test_trainer_column_filtering_keeps_pixel_values(tmp_path):
 
     def recording_collate(samples):
         seen.update(samples[0])
-        return collate(samples)
+        return collate_tiny_batch(samples)
 
-    dataset = ConversationTensors(peft_model.get_base_model().config, size=2)
+    dataset = TinyImageTextDataset(peft_model.get_base_model().config, size=2)
     batch = trainer._get_collator_with_removed_columns(recording_collate)([dataset[0], dataset[1]])
     assert {"input_ids", "labels", "pixel_values"} <= set(seen) and "id" not in seen
     assert batch["pixel_values"].shape[0] == 2
@@ -266,19 +225,19 @@ def test_trainer_column_filtering_keeps_pixel_values(tmp_path):
 def one_sgd_step(tmp_path, batch_size, accumulation):
     peft_model = lora_model()
     base = peft_model.get_base_model()
-    dataset = ConversationTensors(base.config, size=4)
+    dataset = TinyImageTextDataset(base.config, size=4)
     args = training_args(
         tmp_path / f"b{batch_size}", per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
         max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", weight_decay=0.0,
         max_grad_norm=0.0,
     )
     start = {name: p.detach().clone() for name, p in peft_model.named_parameters() if p.requires_grad}
-    Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=collate).train()
+    Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=collate_tiny_batch).train()
     return {name: p.detach() - start[name] for name, p in peft_model.named_parameters() if p.requires_grad}
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
-    supervised = [int((row["labels"] != -100).sum()) for row in ConversationTensors(tiny_croc_model().config, 4).rows]
+    supervised = [int((row["labels"] != -100).sum()) for row in TinyImageTextDataset(tiny_croc_model().config, 4).rows]
     assert len(set(supervised)) == 4  # unequal token counts: a per-micro-batch mean would differ
     big = one_sgd_step(tmp_path, batch_size=4, accumulation=1)
     accumulated = one_sgd_step(tmp_path, batch_size=2, accumulation=2)
@@ -295,8 +254,8 @@ def lora_gradients(activation_checkpointing: bool):
         assert model.is_activation_checkpointing
     peft_model = get_peft_model(model, croc_lora_config(r=4, lora_dropout=0.0, init_lora_weights=False))
     peft_model.train()
-    dataset = ConversationTensors(model.config, size=2)
-    peft_model(**collate([dataset[0], dataset[1]])).loss.backward()
+    dataset = TinyImageTextDataset(model.config, size=2)
+    peft_model(**collate_tiny_batch([dataset[0], dataset[1]])).loss.backward()
     return {name: p.grad for name, p in peft_model.named_parameters() if p.requires_grad}
 
 
@@ -317,9 +276,9 @@ def logged_losses(trainer):
 def test_resuming_from_a_checkpoint_continues_with_the_same_losses(tmp_path):
     def make_trainer(output):
         peft_model = lora_model(lora_dropout=0.1)  # dropout: the restored RNG state matters too
-        dataset = ConversationTensors(peft_model.get_base_model().config, size=8)
+        dataset = TinyImageTextDataset(peft_model.get_base_model().config, size=8)
         args = training_args(output, max_steps=4, save_strategy="steps", save_steps=2)
-        return Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=collate)
+        return Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=collate_tiny_batch)
 
     full = make_trainer(tmp_path / "full")
     full.train()
@@ -389,7 +348,7 @@ def test_qlora_trains_a_4bit_croc(tmp_path):
         tmp_path / "base", quantization_config=qlora_quantization_config(torch.float32), device_map={"": 0}
     )
     model = get_peft_model(prepare_model_for_kbit_training(model), croc_lora_config(r=4))
-    batch = {k: v.to(0) for k, v in collate(list(ConversationTensors(model.get_base_model().config, 2))).items()}
+    batch = {k: v.to(0) for k, v in collate_tiny_batch(list(TinyImageTextDataset(model.get_base_model().config, 2))).items()}
     model(**batch).loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
 

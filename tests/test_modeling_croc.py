@@ -1,14 +1,10 @@
 """CrocConfig / CrocModel / CrocForConditionalGeneration on tiny random configs."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import REPO_ROOT, image_prompt, pad_batch, random_pixels, tiny_croc_config, tiny_croc_model
+from conftest import image_prompt, pad_batch, random_pixels, run_without_package, tiny_croc_config, tiny_croc_model
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from modeling_croc import CrocConfig, CrocForConditionalGeneration, CrocModel
@@ -174,22 +170,9 @@ def test_trust_remote_code_loads_without_the_package(tmp_path):
     with torch.no_grad():
         expected = model(input_ids=ids, pixel_values=pixels).logits
     torch.save({"ids": ids, "pixels": pixels, "logits": expected}, tmp_path / "io.pt")
-    script = textwrap.dedent(
-        f"""
-        import sys, importlib.abc
-        class HidePackage(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "modeling_croc" or name.startswith("modeling_croc."):
-                    raise ImportError("modeling_croc is hidden in this test")
-        sys.meta_path.insert(0, HidePackage())
-        sys.path = [p for p in sys.path if p not in ("", {str(REPO_ROOT)!r})]
+    script = f"""
         import torch
         from transformers import AutoModelForImageTextToText
-        try:
-            import modeling_croc
-            raise SystemExit("package still importable")
-        except ImportError:
-            pass
         model = AutoModelForImageTextToText.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         io = torch.load({str(tmp_path / "io.pt")!r}, weights_only=True)
@@ -198,11 +181,7 @@ def test_trust_remote_code_loads_without_the_package(tmp_path):
         torch.testing.assert_close(logits, io["logits"], atol=1e-6, rtol=1e-6)
         print("REMOTE-OK")
         """
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_without_package(script, tmp_path)
     assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
 
 

@@ -2,63 +2,17 @@
 
 import pytest
 import torch
-from conftest import image_prompt, pad_batch, random_pixels, tiny_croc_model
-from transformers import TrainingArguments
+from conftest import TinyImageTextDataset, collate_tiny_batch, tiny_croc_model, tiny_training_args
 
 from modeling_croc.training_croc import STAGES, CrocTrainer, configure_stage
 
 
-class StageDataset(torch.utils.data.Dataset):
-    """Samples with one image each, fixed replace masks so runs are comparable."""
-
-    def __init__(self, config, size=8, seed=0):
-        generator = torch.Generator().manual_seed(seed)
-        self.rows = []
-        for i in range(size):
-            text = torch.randint(3, 90, (6,), generator=generator).tolist()
-            row = image_prompt(config, text[:2], text[2:])
-            ids = torch.tensor(row)
-            labels = torch.where(torch.arange(len(row)) >= len(row) - 4, ids, -100)
-            replace = torch.zeros(config.num_image_tokens, dtype=torch.bool)
-            replace[torch.randperm(config.num_image_tokens, generator=generator)[: config.num_replaced_tokens]] = True
-            pixels = random_pixels(config, 1, seed=seed * 100 + i)[0]
-            self.rows.append(dict(input_ids=ids, labels=labels, pixel_values=pixels, replace_mask=replace))
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, index):
-        return self.rows[index]
-
-
-def collate(samples):
-    ids, mask = pad_batch([s["input_ids"].tolist() for s in samples])
-    labels, _ = pad_batch([s["labels"].tolist() for s in samples], pad_id=-100)
-    return dict(
-        input_ids=ids,
-        attention_mask=mask,
-        labels=labels,
-        pixel_values=torch.stack([s["pixel_values"] for s in samples]),
-        replace_mask=torch.stack([s["replace_mask"] for s in samples]),
-    )
+def stage_dataset(config, size=8):
+    return TinyImageTextDataset(config, size=size, with_replace_mask=True)
 
 
 def _args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        learning_rate=2e-3,
-        max_steps=6,
-        logging_steps=2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return tiny_training_args(tmp_path, **{"learning_rate": 2e-3, "max_steps": 6, "logging_steps": 2, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -97,18 +51,18 @@ def test_stage_one_point_five_trains_and_logs_both_losses(tmp_path):
     model = tiny_croc_model(reconstruction_head_dropout=0.0)
     configure_stage(model, STAGES["1.5"])
     model.train()
-    dataset = StageDataset(model.config)
+    dataset = stage_dataset(model.config)
     trainer = CrocTrainer(
-        model=model, args=_args(tmp_path, max_steps=12), train_dataset=dataset, data_collator=collate,
+        model=model, args=_args(tmp_path, max_steps=12), train_dataset=dataset, data_collator=collate_tiny_batch,
         projector_learning_rate=1.5e-4,
     )
     with torch.no_grad():
         model.eval()
-        before = model(**collate([dataset[i] for i in range(len(dataset))])).loss.item()
+        before = model(**collate_tiny_batch([dataset[i] for i in range(len(dataset))])).loss.item()
     trainer.train()
     with torch.no_grad():
         model.eval()
-        after = model(**collate([dataset[i] for i in range(len(dataset))])).loss.item()
+        after = model(**collate_tiny_batch([dataset[i] for i in range(len(dataset))])).loss.item()
     assert after < before
     logs = [entry for entry in trainer.state.log_history if "loss" in entry and "lm_loss" in entry]
     assert logs and all("reconstruction_loss" in entry for entry in logs)
@@ -125,8 +79,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
             gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=0.5,
             lr_scheduler_type="constant",
         )
-        trainer = CrocTrainer(model=model, args=args, train_dataset=StageDataset(model.config, size=4),
-                              data_collator=collate)
+        trainer = CrocTrainer(model=model, args=args, train_dataset=stage_dataset(model.config, size=4),
+                              data_collator=collate_tiny_batch)
         trainer.train()
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
