@@ -153,12 +153,11 @@ def leftovers(parent: Path, name: str) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def converted_by_cli(tmp_path_factory) -> Path:
-    """The official tiny checkpoint converted by the command line, with the tiny tokenizer when it exists."""
+    """The official tiny checkpoint converted by the command line, with the tiny tokenizer."""
     work = tmp_path_factory.mktemp("cli").absolute()
     output = work / "croc-tiny-hf"
     args = ["--checkpoint", str(OFFICIAL), "--vision-tower", str(CLIP), "--output", str(output)]
-    if TOKENIZER.is_dir():
-        args += ["--tokenizer", str(TOKENIZER)]
+    args += ["--tokenizer", str(TOKENIZER)]
     result = run_script(*args, "--max-shard-size", "500KB", cwd=work)
     assert result.returncode == 0, result.stderr
     return output
@@ -299,31 +298,7 @@ def test_output_folder_contents(converted_by_cli):
     readme = (converted_by_cli / "README.md").read_text()
     assert str(converted_by_cli) in readme and converter.MODEL_ID_PLACEHOLDER not in readme
     assert readme.startswith("---\nlicense: apache-2.0")
-    if TOKENIZER.is_dir():
-        assert {"tokenizer.json", "processor_config.json", "processing_croc.py"} <= files
-
-
-def test_output_loads_with_remote_code_without_the_package(converted_by_cli, tmp_path):
-    script = tmp_path / "remote.py"
-    script.write_text(
-        "import sys\n"
-        "sys.modules['modeling_croc'] = None  # the package must not be importable\n"
-        "import torch\n"
-        "from transformers import AutoModelForImageTextToText\n"
-        f"reference = torch.load({str(FIXTURE / 'reference.pt')!r}, weights_only=True)\n"
-        f"model = AutoModelForImageTextToText.from_pretrained({str(converted_by_cli)!r}, trust_remote_code=True)\n"
-        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
-        "ids = reference['input_ids']\n"
-        "at = int((ids[0] == -200).nonzero()[0, 0])\n"
-        f"ids = torch.cat([ids[:, :at], torch.full((1, {NUM_IMAGE_TOKENS}), {IMAGE_TOKEN_ID}), ids[:, at + 1:]], 1)\n"
-        "with torch.no_grad():\n"
-        "    logits = model(input_ids=ids, pixel_values=reference['pixel_values']).logits\n"
-        "print(float((logits - reference['logits']).abs().max()))\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-4
+    assert {"tokenizer.json", "processor_config.json", "processing_croc.py"} <= files
 
 
 # ------------------------------------------------------------------------------------------------------ other layouts
@@ -341,8 +316,6 @@ def test_release_layouts_convert_to_the_same_logits(tmp_path, state_dict, layout
 
 
 def test_tokenizer_in_checkpoint_gives_a_processor_with_the_image_token(tmp_path, state_dict):
-    if not TOKENIZER.is_dir():
-        pytest.skip("no tiny tokenizer fixture")
     source = write_official_checkpoint(tmp_path / "official", state_dict, "bin")
     for file in TOKENIZER.iterdir():
         shutil.copy(file, source / file.name)
