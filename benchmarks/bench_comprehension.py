@@ -13,9 +13,8 @@
 # limitations under the License.
 """Comprehension stage: a training step (forward + backward) with Croc's objective on vs off, same model."""
 
-import torch
-
 import common
+import torch
 
 TARGET = 1.25
 LABELS = {"ours_label": "objective on", "baseline_label": "objective off"}

@@ -15,9 +15,8 @@
 
 import gc
 
-import torch
-
 import common
+import torch
 
 TARGET = 1.05
 LABELS = {"ours_label": "Croc", "baseline_label": "transformers LLaVA"}

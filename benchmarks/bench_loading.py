@@ -16,8 +16,6 @@
 import os
 import tempfile
 
-import torch
-
 import common
 
 TARGET = 1.05

@@ -13,9 +13,8 @@
 # limitations under the License.
 """LoRA: a LoRA training step vs a full fine-tuning step of the same Croc model, and trainable-parameter counts."""
 
-import torch
-
 import common
+import torch
 
 # A LoRA step should never cost more than the full fine-tuning step it replaces.
 TARGET = 1.0

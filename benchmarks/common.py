@@ -332,13 +332,16 @@ def compare_peak_memory(
 def model_sizes(quick: bool) -> dict:
     """Vision and text sub-configs: the issue's sizes (576 image tokens, text 256 x 4 layers, 32k vocabulary), or
     a tiny model for `--quick` (16 image tokens, text 64 x 2 layers, 1k vocabulary)."""
+    layers = {"num_hidden_layers": 2, "num_attention_heads": 2}
     if quick:
-        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56)
-        text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000)
-        return {"vision": vision, "text": text, "prompt_pool_size": 16, "text_before": 4, "text_after": 6}
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=336)
-    text = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, vocab_size=32000)
-    return {"vision": vision, "text": text, "prompt_pool_size": 2048, "text_before": 8, "text_after": 24}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "image_size": 56, **layers}
+        text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+        return {"vision": vision, "text": {**text, "vocab_size": 1000}, "prompt_pool_size": 16, "text_before": 4,
+                "text_after": 6}
+    vision = {"hidden_size": 64, "intermediate_size": 128, "image_size": 336, **layers}
+    text = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4}
+    return {"vision": vision, "text": {**text, "vocab_size": 32000}, "prompt_pool_size": 2048, "text_before": 8,
+            "text_after": 24}
 
 
 def croc_config(quick: bool, **overrides):
@@ -488,6 +491,11 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_speed_up(ratio: float, ours: float, baseline: float) -> bool:
+    """True when `ratio` is baseline / ours (and not ours / baseline)."""
+    return math.isclose(ratio, baseline / ours, rel_tol=1e-6) and not math.isclose(ratio, ours / baseline, rel_tol=1e-6)
+
+
 def normalise_row(row: dict) -> dict:
     """Bring a row from any benchmark to this module's conventions (a copy; the original figures are kept):
 
@@ -502,12 +510,12 @@ def normalise_row(row: dict) -> dict:
             row[key] = row[f"{key}_s"]
             row.setdefault("unit", "s")
     ours, baseline, ratio = row.get("ours"), row.get("baseline"), row.get("ratio")
-    if _number(ours) and _number(baseline) and _number(ratio) and ours > 0 and baseline > 0:
-        if math.isclose(ratio, baseline / ours, rel_tol=1e-6) and not math.isclose(ratio, ours / baseline, rel_tol=1e-6):
-            row["ratio_as_reported"] = ratio
-            row["ratio"] = ours / baseline
-            flipped = f"reported as speed-up {ratio:.2f}x; shown as ours/baseline"
-            row["note"] = f"{row['note']}; {flipped}" if row.get("note") else flipped
+    comparable = _number(ours) and _number(baseline) and _number(ratio) and ours > 0 and baseline > 0
+    if comparable and _is_speed_up(ratio, ours, baseline):
+        row["ratio_as_reported"] = ratio
+        row["ratio"] = ours / baseline
+        flipped = f"reported as speed-up {ratio:.2f}x; shown as ours/baseline"
+        row["note"] = f"{row['note']}; {flipped}" if row.get("note") else flipped
     if not _number(row.get("ratio")) and not _number(row.get("value")) and _number(ours):
         row.pop("ratio", None)
         row["value"] = ours
@@ -531,11 +539,10 @@ def row_met(row: dict) -> bool | None:
 
 
 def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

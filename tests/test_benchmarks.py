@@ -42,7 +42,7 @@ def quick_run(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     process = subprocess.run(
         [sys.executable, str(BENCH_DIR / "run.py"), "--quick", "--output", str(output)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     results_path = output / "latest.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else None
@@ -140,3 +140,14 @@ def _allocate_64_mib():
         return len(block)
 
     return workload
+
+
+def test_foreign_rows_are_brought_to_one_convention(common):
+    speed_up = common.normalise_row({"name": "m", "ours_s": 0.5, "baseline_s": 2.0, "ratio": 4.0, "target_s": 1.0})
+    assert speed_up["ratio"] == 0.25 and speed_up["ratio_as_reported"] == 4.0 and speed_up["unit"] == "s"
+    assert common.row_met(speed_up) is True  # 0.5 s <= the 1 s absolute target
+    only_time = common.normalise_row({"name": "t", "ours_s": 0.5, "baseline_s": None, "ratio": None})
+    assert only_time["value"] == 0.5 and "ratio" not in only_time and common.row_problem(only_time) is None
+    value_with_target = {"name": "v", "value": 4.0, "target": 1.5}
+    assert common.row_met(value_with_target) is False
+    assert common.row_met({"name": "i", "value": 3}) is None
