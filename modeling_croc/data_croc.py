@@ -22,6 +22,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from .processing_croc import tokenize_around_images
+
 
 IGNORE_INDEX = -100
 ROLE_OF_SPEAKER = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -120,6 +122,15 @@ def render_plain(conversations: list[dict], image_token: str) -> tuple[str, list
     return text, [(len(image_token), len(text))]
 
 
+def with_leading_space(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """
+    Extend each span over the space before it (the one of `"ASSISTANT: "`). The official v1 mask supervises from
+    the token holding that space: usually the answer's first token (`"▁A"`), but a lone `"▁"` when the answer starts
+    with a character SentencePiece does not merge with it (a newline, a digit).
+    """
+    return [(start - 1, end) if start > 0 and text[start - 1] == " " else (start, end) for start, end in spans]
+
+
 def supervised_token_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
     """Tokens whose characters overlap a supervised span (zero-width tokens such as BOS never do)."""
     return [
@@ -174,11 +185,13 @@ class CrocDataCollator:
     Turns LLaVA samples (from [`LlavaConversationDataset`]) into a right-padded training batch.
 
     Each conversation is rendered once (vicuna_v1 through the processor's chat template, or LLaVA's `plain`) and
-    tokenised once with offsets; the labels are the tokens overlapping the answers' character spans, and those tokens
-    must cover each answer without gaps and decode back to it (ending on the EOS id), so a tokenizer change cannot
-    silently shift the mask. As in the official v1 mask, BOS, the system prompt and every
-    `USER: ... ASSISTANT: ` span are ignored (-100); each answer and its `</s>` are supervised. If the supervised
-    tokens do not cover an answer exactly, the sample's labels are blanked with a warning, like the official code.
+    tokenised with offsets, by default in chunks between images like the official code (so the ids are the official
+    ones). The labels are the tokens overlapping the answers' character spans (each with the space before it, see
+    [`with_leading_space`]), and those tokens must cover each answer without gaps and decode back to it (ending on the
+    EOS id), so a tokenizer change cannot silently shift the mask. As in the official v1 mask, BOS, the system prompt
+    and every `USER: ... ASSISTANT:` span are ignored (-100); each answer and its `</s>` are supervised. If the
+    supervised tokens do not cover an answer exactly, the sample's labels are blanked with a warning, like the official
+    code.
     Each `<image>` is then expanded to the processor's number of image tokens (labels -100).
 
     Truncation to `max_length` only cuts text after the last image run; if `max_length` would cut into an image run,
@@ -193,12 +206,19 @@ class CrocDataCollator:
             `"pad"` or `"square"`; defaults to the image processor's setting.
         conversation_format (`str`, *optional*, defaults to `"v1"`):
             `"v1"` (stages 1.5 and 2) or `"plain"` (stage 1 captions).
+        tokenize_images_separately (`bool`, *optional*):
+            Tokenise the text between images as separate chunks, like the official `tokenizer_image_token`, so the
+            ids (and the official v1/plain labels) equal the official ones for SentencePiece tokenizers; `False` =
+            one pass. Defaults to the processor's setting (`True` unless changed).
 
     Returns batches with `input_ids`, `attention_mask`, `labels` (all `(batch, length)`) and, when at least one sample
     has an image, `pixel_values` `(num_images, 3, H, W)` with the images in sample order.
     """
 
-    def __init__(self, processor, max_length=None, image_aspect_ratio=None, conversation_format="v1"):
+    def __init__(
+        self, processor, max_length=None, image_aspect_ratio=None, conversation_format="v1",
+        tokenize_images_separately=None,
+    ):
         if conversation_format not in CONVERSATION_FORMATS:
             raise ValueError(
                 f"conversation_format must be one of {CONVERSATION_FORMATS}, got {conversation_format!r}."
@@ -208,6 +228,9 @@ class CrocDataCollator:
         self.max_length = max_length
         self.image_aspect_ratio = image_aspect_ratio or processor.image_processor.image_aspect_ratio
         self.conversation_format = conversation_format
+        if tokenize_images_separately is None:
+            tokenize_images_separately = getattr(processor, "tokenize_images_separately", True)
+        self.tokenize_images_separately = tokenize_images_separately
         if self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer needs a pad token (Vicuna uses <unk>).")
 
@@ -222,7 +245,17 @@ class CrocDataCollator:
         has_answers = any(turn.get("from") == "gpt" for turn in conversations)
         if has_answers and not spans:
             raise ValueError("The processor's chat template marks no answers: it needs {% generation %} blocks.")
-        return text, spans
+        return text, with_leading_space(text, spans)
+
+    def tokenize_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids (one per image placeholder) and character offsets of `text`, chunked at images or in one pass."""
+        if self.tokenize_images_separately:
+            processor = self.processor
+            return tokenize_around_images(
+                self.tokenizer, text, processor.image_token, processor.image_token_id, with_offsets=True
+            )
+        encoding = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        return encoding["input_ids"], encoding["offset_mapping"]
 
     def tokenize_with_labels(self, sample_id, conversations: list[dict]) -> tuple[list[int], list[int]]:
         """Token ids (one id per image placeholder) and labels of one conversation, checked against its spans."""
@@ -230,8 +263,7 @@ class CrocDataCollator:
             text, spans = self.render(conversations)
         except Exception as error:
             raise ValueError(f"Sample {sample_id} cannot be formatted: {error}") from error
-        encoding = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-        input_ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+        input_ids, offsets = self.tokenize_with_offsets(text)
         mask = supervised_token_mask(offsets, spans)
         if not mask_matches_spans(self.tokenizer, text, input_ids, offsets, mask, spans):
             warnings.warn(

@@ -13,9 +13,10 @@
 # limitations under the License.
 """Processor for Croc: image processor + Vicuna tokenizer, `<image>` expansion and the official vicuna_v1 template."""
 
+import json
 import re
 
-from transformers import AddedToken
+from transformers import AddedToken, BatchFeature
 from transformers import processing_utils
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 
@@ -24,6 +25,15 @@ from .image_processing_croc import CrocImageProcessor, CrocImageProcessorKwargs,
 
 # transformers' prefix that skips placeholders the user marked as plain text (`sanitize_control_tokens`), if any.
 UNMARKED_PREFIX = getattr(processing_utils, "_UNMARKED", "")
+# transformers' pattern of such marked spans, removed before counting placeholders.
+MARKED_PATTERN = getattr(processing_utils, "_MARKED_RE", None)
+
+# Tokenizer call options the chunked tokenisation forwards to each chunk, and those it applies to the joined ids.
+CHUNK_TOKENIZER_OPTIONS = ("split_special_tokens", "sanitize_control_tokens")
+BATCH_TOKENIZER_OPTIONS = (
+    "padding", "padding_side", "truncation", "max_length", "pad_to_multiple_of", "return_tensors",
+    "return_attention_mask", "add_special_tokens", "return_offsets_mapping",
+)
 
 
 VICUNA_V1_SYSTEM_PROMPT = (
@@ -117,6 +127,88 @@ def add_image_token(tokenizer, image_token: str = "<image>") -> int:
     return tokenizer.convert_tokens_to_ids(image_token)
 
 
+# ------------------------------------------------------------------------------------ chunked tokenisation
+
+
+def prepends_metaspace_prefix(tokenizer) -> bool:
+    """
+    Whether a fast tokenizer's Metaspace pre-tokenizer adds the SentencePiece prefix "▁" to a separately encoded text.
+
+    It adds it only when the text does not already start with a space, whereas SentencePiece (and so the slow
+    `LlamaTokenizer` of the official code) always adds it: `" x"` is `["▁", "▁x"]` there but `["▁x"]` here.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
+    if pre_tokenizer is None:
+        return False
+    state = json.loads(pre_tokenizer.__getstate__())
+    steps = state.get("pretokenizers", [state]) if state.get("type") == "Sequence" else [state]
+    return any(
+        step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") in ("always", "first")
+        for step in steps
+    )
+
+
+def encode_chunk(tokenizer, chunk: str, add_special_tokens: bool, with_offsets: bool, **chunk_options):
+    """
+    Ids (and character offsets within `chunk`, if `with_offsets`) of one text chunk encoded on its own.
+
+    A chunk starting with a space gets the unconditional SentencePiece prefix (see [`prepends_metaspace_prefix`]):
+    it is encoded with one extra leading space, whose tokens are mapped onto the chunk's first character.
+    """
+    extra_space = chunk.startswith(" ") and prepends_metaspace_prefix(tokenizer)
+    text = " " + chunk if extra_space else chunk
+    encoding = tokenizer(
+        text, add_special_tokens=add_special_tokens, return_offsets_mapping=with_offsets, **chunk_options
+    )
+    ids = list(encoding["input_ids"])
+    if not with_offsets:
+        return ids, None
+    offsets = [tuple(offset) for offset in encoding["offset_mapping"]]
+    if extra_space:
+        offsets = [(max(start - 1, 0), max(end - 1, 1)) if end > start else (start, end) for start, end in offsets]
+    return ids, offsets
+
+
+def tokenize_around_images(
+    tokenizer, text: str, image_token: str, image_token_id: int, add_special_tokens: bool = True,
+    with_offsets: bool = False, **chunk_options,
+):
+    """
+    Tokenise `text` like the official `tokenizer_image_token`: the chunks between `image_token` placeholders are
+    encoded separately (only the first with the special tokens, i.e. BOS) and each placeholder becomes one
+    `image_token_id`. With a SentencePiece-style tokenizer every chunk after an image thus starts with the "▁" prefix.
+    Works on prompts whose images are already expanded (a run of placeholders, one id each) or not (one each).
+
+    Returns the ids and, if `with_offsets`, the character span of each id in `text` (offsets need a fast tokenizer),
+    else `None`.
+    """
+    placeholder_runs = re.finditer(f"(?:{UNMARKED_PREFIX}{re.escape(image_token)})+", text)
+    input_ids, offsets, chunk_start = [], [], 0
+    for run in [*placeholder_runs, None]:
+        chunk_end = run.start() if run else len(text)
+        chunk_ids, chunk_offsets = encode_chunk(
+            tokenizer, text[chunk_start:chunk_end], add_special_tokens and chunk_start == 0, with_offsets,
+            **chunk_options,
+        )
+        input_ids += chunk_ids
+        if with_offsets:
+            offsets += [(start + chunk_start, end + chunk_start) for start, end in chunk_offsets]
+        if run is None:
+            break
+        placeholder_starts = range(run.start(), run.end(), len(image_token))
+        input_ids += [image_token_id] * len(placeholder_starts)
+        offsets += [(start, start + len(image_token)) for start in placeholder_starts]
+        chunk_start = run.end()
+    return input_ids, (offsets if with_offsets else None)
+
+
+def pad_offsets(offsets: list[tuple[int, int]], length: int, padding_side: str) -> list[tuple[int, int]]:
+    """Pad a sample's offsets to `length` with the `(0, 0)` of padding tokens."""
+    padding = [(0, 0)] * (length - len(offsets))
+    return padding + offsets if padding_side == "left" else offsets + padding
+
+
 class CrocProcessorKwargs(ProcessingKwargs, total=False):
     images_kwargs: CrocImageProcessorKwargs
 
@@ -132,9 +224,12 @@ class CrocProcessor(ProcessorMixin):
     `ValueError` giving the two numbers. The default chat template is the official vicuna_v1 format. Train with
     right padding, generate with `padding_side="left"`.
 
-    The prompt is tokenised in one pass, like transformers' LLaVA. The official code tokenises the text chunks around
-    each `<image>` separately, so with Vicuna's SentencePiece tokenizer its ids hold one extra `"▁"` (id 29871)
-    right after each image (`<image>\n` -> `[image, 29871, 13]` there, `[image, 13]` here).
+    By default (`tokenize_images_separately=True`) the text between images is tokenised as separate chunks, like the
+    official `tokenizer_image_token`, so the ids equal the official ones for SentencePiece (Vicuna) tokenizers: each
+    chunk after an image starts with the SentencePiece prefix `"▁"` (`<image>\n` -> `[image..., 29871, 13]` with
+    Vicuna), as the released weights were trained and evaluated on. `False` tokenises the expanded prompt in one pass
+    like transformers' LLaVA (`[image..., 13]`). Inside a chunk the tokenizer's own settings (e.g. `legacy`, which
+    decides whether text right after `</s>` gets the prefix) are used either way.
 
     Args:
         image_processor ([`CrocImageProcessor`], *optional*):
@@ -151,6 +246,9 @@ class CrocProcessor(ProcessorMixin):
             The image placeholder string.
         num_additional_image_tokens (`int`, *optional*, defaults to 1):
             Extra tokens the vision tower emits besides the patches (1 for CLIP's CLS).
+        tokenize_images_separately (`bool`, *optional*, defaults to `True`):
+            Tokenise the text between images as separate chunks, like the official `tokenizer_image_token`, so the
+            ids equal the official ones for SentencePiece tokenizers; `False` = one pass like transformers' LLaVA.
     """
 
     valid_processor_kwargs = CrocProcessorKwargs
@@ -164,6 +262,7 @@ class CrocProcessor(ProcessorMixin):
         chat_template: str | None = None,
         image_token: str = "<image>",
         num_additional_image_tokens: int = 1,
+        tokenize_images_separately: bool = True,
         **kwargs,
     ):
         if vision_feature_select_strategy not in ("default", "full"):
@@ -173,6 +272,7 @@ class CrocProcessor(ProcessorMixin):
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.num_additional_image_tokens = num_additional_image_tokens
+        self.tokenize_images_separately = tokenize_images_separately
         self.image_token = image_token
         self.image_token_id = self._lookup_image_token_id(tokenizer, image_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CROC_CHAT_TEMPLATE)
@@ -252,9 +352,14 @@ class CrocProcessor(ProcessorMixin):
 
     def _check_special_mm_tokens(self, text, text_inputs, modalities):
         """Refuse outputs where truncation removed image tokens: a cut image run cannot be spliced by the model."""
-        for sample_idx, (sample_text, sample_ids) in enumerate(zip(text, text_inputs["input_ids"])):
+        pattern = UNMARKED_PREFIX + re.escape(self.image_token)
+        expected_image_tokens = [len(re.findall(pattern, sample_text)) for sample_text in text]
+        self._check_image_tokens_kept(expected_image_tokens, text_inputs["input_ids"])
+
+    def _check_image_tokens_kept(self, expected_image_tokens: list[int], input_ids) -> None:
+        """Raise if a sample kept fewer image tokens than `expected_image_tokens` says it had."""
+        for sample_idx, (expected, sample_ids) in enumerate(zip(expected_image_tokens, input_ids)):
             sample_ids = sample_ids.tolist() if hasattr(sample_ids, "tolist") else list(sample_ids)
-            expected = len(re.findall(UNMARKED_PREFIX + re.escape(self.image_token), sample_text))
             kept = sample_ids.count(self.image_token_id)
             if kept != expected:
                 raise ValueError(
@@ -284,6 +389,12 @@ class CrocProcessor(ProcessorMixin):
         """
         Tokenise `text` with every `image_token` expanded, and process `images` into `pixel_values`.
 
+        With `tokenize_images_separately` (the default) the text between images is tokenised chunk by chunk like the
+        official code, then truncated and padded as a tokenizer call would; `offset_mapping` then indexes the expanded
+        prompt as in one-pass mode. Tokenizer options other than padding, truncation, `max_length`,
+        `pad_to_multiple_of`, `return_tensors`, `return_attention_mask`, `return_offsets_mapping`,
+        `add_special_tokens`, `split_special_tokens` and `sanitize_control_tokens` raise a `ValueError` in that mode.
+
         Args:
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, path, or a (nested) list of these, *optional*):
                 One image per `image_token` in `text`, in order.
@@ -296,7 +407,97 @@ class CrocProcessor(ProcessorMixin):
         Returns:
             [`BatchFeature`]: `input_ids`, `attention_mask` and, with images, `pixel_values`.
         """
-        return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        if not self.tokenize_images_separately or text is None:
+            return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        texts = [text] if isinstance(text, str) else list(text)
+        self.validate_inputs(images=images, text=self._unmarked(texts, kwargs), videos=videos, audio=audio)
+        image_outputs = {}
+        if images is not None:  # the base class processes the images; the text is tokenised here
+            image_outputs = dict(super().__call__(images=images, videos=videos, audio=audio, **kwargs))
+        merged_kwargs = self._merge_kwargs(
+            CrocProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs = merged_kwargs["text_kwargs"]
+        return_mm_token_type_ids = text_kwargs.pop(
+            "return_mm_token_type_ids", merged_kwargs.get("return_mm_token_type_ids")
+        )
+        return_replacement_offsets = text_kwargs.pop(
+            "return_text_replacement_offsets", merged_kwargs.get("return_text_replacement_offsets")
+        )
+        replacements = [
+            self.image_token * self.num_image_tokens(*pixels.shape[-2:])
+            for pixels in image_outputs.get("pixel_values", [])
+        ]
+        expanded_texts, replacement_offsets = self.get_text_with_replacements(texts, replacements)
+        text_inputs = self._tokenize_in_chunks(expanded_texts, text_kwargs)
+        self._check_special_mm_tokens(expanded_texts, text_inputs, modalities=["image"])
+        if return_replacement_offsets:
+            text_inputs["text_replacement_offsets"] = replacement_offsets
+        if return_mm_token_type_ids:
+            text_inputs["mm_token_type_ids"] = self.create_mm_token_type_ids(text_inputs["input_ids"])
+        return BatchFeature({**text_inputs, **image_outputs}, tensor_type=text_kwargs.get("return_tensors"))
+
+    @staticmethod
+    def _unmarked(texts: list[str], kwargs: dict) -> list[str]:
+        """The texts without the spans `sanitize_control_tokens` marked as plain text (they are not placeholders)."""
+        if kwargs.get("sanitize_control_tokens") and MARKED_PATTERN is not None:
+            return [MARKED_PATTERN.sub("", sample) for sample in texts]
+        return texts
+
+    def _tokenize_in_chunks(self, texts: list[str], text_kwargs: dict) -> dict:
+        """
+        Tokenise the image-expanded `texts` around their image runs (see [`tokenize_around_images`]), then truncate
+        and pad them as the one-pass tokenizer call would: `input_ids`, `attention_mask` (and `offset_mapping`).
+        """
+        unsupported = sorted(
+            key for key, value in text_kwargs.items()
+            if value not in (None, False) and key not in BATCH_TOKENIZER_OPTIONS + CHUNK_TOKENIZER_OPTIONS
+        )
+        if unsupported:
+            raise ValueError(
+                f"Tokenizer option(s) {unsupported} are not supported with tokenize_images_separately=True; build the "
+                "processor with tokenize_images_separately=False to tokenise in one pass."
+            )
+        chunk_options = {key: text_kwargs[key] for key in CHUNK_TOKENIZER_OPTIONS if key in text_kwargs}
+        with_offsets = bool(text_kwargs.get("return_offsets_mapping"))
+        all_input_ids, all_offsets = [], []
+        for sample in texts:
+            input_ids, offsets = tokenize_around_images(
+                self.tokenizer, sample, self.image_token, self.image_token_id,
+                add_special_tokens=text_kwargs.get("add_special_tokens", True), with_offsets=with_offsets,
+                **chunk_options,
+            )
+            all_input_ids.append(self._truncate(input_ids, text_kwargs))
+            all_offsets.append(self._truncate(offsets, text_kwargs) if with_offsets else None)
+        padding_side = text_kwargs.get("padding_side") or self.tokenizer.padding_side
+        padded = dict(
+            self.tokenizer.pad(
+                {"input_ids": all_input_ids},
+                padding=text_kwargs.get("padding", False),
+                max_length=text_kwargs.get("max_length"),
+                pad_to_multiple_of=text_kwargs.get("pad_to_multiple_of"),
+                padding_side=padding_side,
+                return_attention_mask=text_kwargs.get("return_attention_mask"),
+            )
+        )
+        if with_offsets:
+            padded["offset_mapping"] = [
+                pad_offsets(offsets, len(input_ids), padding_side)
+                for offsets, input_ids in zip(all_offsets, padded["input_ids"])
+            ]
+        return padded
+
+    def _truncate(self, sequence: list, text_kwargs: dict) -> list:
+        """Cut a sample's ids (or offsets) to `max_length` on the tokenizer's truncation side, as a tokenizer would."""
+        truncation = text_kwargs.get("truncation")
+        if truncation in (None, False, "do_not_truncate"):
+            return sequence
+        max_length = text_kwargs.get("max_length") or self.tokenizer.model_max_length
+        if len(sequence) <= max_length:
+            return sequence
+        if self.tokenizer.truncation_side == "left":
+            return sequence[len(sequence) - max_length :]
+        return sequence[:max_length]
 
 
 __all__ = ["CrocProcessor", "add_image_token", "CROC_CHAT_TEMPLATE", "VICUNA_V1_SYSTEM_PROMPT"]

@@ -124,8 +124,24 @@ def test_v1_labels_supervise_exactly_each_answer_and_eos(processor, tokenizer, d
 
 
 def test_v1_hand_checked_example(processor, tokenizer, samples_by_id):
+    """Default (official) layout: the text after the image is tokenised on its own, starting with the "▁" prefix."""
     sample = samples_by_id["short-qa-1"]
     batch = CrocDataCollator(processor)([sample])
+    head = tokenizer(f"{VICUNA_V1_SYSTEM_PROMPT} USER: ").input_ids
+    question = tokenizer("\nWhat shape is shown? ASSISTANT:", add_special_tokens=False).input_ids
+    tail = tokenizer("\nWhat shape is shown? ASSISTANT: A blue circle.</s>", add_special_tokens=False).input_ids
+    assert tokenizer.convert_ids_to_tokens(tail[:2]) == ["▁", "<0x0A>"] and tail[: len(question)] == question
+    expanded = head + [processor.image_token_id] * NUM_IMAGE_TOKENS + tail
+    assert batch["input_ids"][0].tolist() == expanded
+    answer_start = len(head) + NUM_IMAGE_TOKENS + len(question)
+    assert batch["labels"][0].tolist() == [IGNORE_INDEX] * answer_start + expanded[answer_start:]
+    assert tokenizer.decode(expanded[answer_start:]) == "A blue circle.</s>"
+
+
+def test_v1_hand_checked_example_one_pass(processor, tokenizer, samples_by_id):
+    """`tokenize_images_separately=False`: the whole prompt in one pass, no "▁" after the image."""
+    sample = samples_by_id["short-qa-1"]
+    batch = CrocDataCollator(processor, tokenize_images_separately=False)([sample])
     prefix = f"{VICUNA_V1_SYSTEM_PROMPT} USER: <image>\nWhat shape is shown? ASSISTANT:"
     full_text = prefix + " A blue circle.</s>"
     prefix_ids = tokenizer(prefix).input_ids

@@ -284,6 +284,53 @@ def test_assistant_mask_marks_answer_and_eos(processor):
     assert processor.decode(supervised) == "Red.</s> A red square.</s>"
 
 
+def test_assistant_mask_with_an_image_in_both_tokenization_modes(small_processor, tokenizer):
+    conversation = [USER_IMAGE_TURN, ASSISTANT_TURN, SECOND_USER_TURN, SECOND_ASSISTANT_TURN]
+    for separately in (True, False):
+        processor = CrocProcessor(small_processor.image_processor, tokenizer, tokenize_images_separately=separately)
+        output = processor.apply_chat_template(
+            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, images=[red_image()]
+        )
+        ids = output["input_ids"][0]
+        supervised = [token for token, flag in zip(ids, output["assistant_masks"][0]) if flag]
+        assert processor.decode(supervised) == "A red square.</s>Red.</s>"
+
+
+def test_chunked_tokenization_differs_from_one_pass_only_after_images(small_processor, tokenizer):
+    one_pass = CrocProcessor(small_processor.image_processor, tokenizer, tokenize_images_separately=False)
+    prompt = "USER: <image>\nWhat is it? ASSISTANT:"
+    chunked_output = small_processor(text=prompt, images=red_image(), return_offsets_mapping=True)
+    one_pass_output = one_pass(text=prompt, images=red_image(), return_offsets_mapping=True)
+    chunked, single = chunked_output["input_ids"][0], one_pass_output["input_ids"][0]
+    image_end = chunked.index(320) + 16
+    assert chunked[:image_end] == single[:image_end]
+    assert tokenizer.convert_ids_to_tokens(chunked[image_end : image_end + 2]) == ["▁", "<0x0A>"]
+    assert chunked[image_end + 1 :] == single[image_end:]
+    # Offsets index the image-expanded prompt in both modes; the chunk's "▁" shares the "\n"'s offsets.
+    chunked_offsets = chunked_output["offset_mapping"][0]
+    assert chunked_offsets[:image_end] == one_pass_output["offset_mapping"][0][:image_end]
+    newline_offsets = one_pass_output["offset_mapping"][0][image_end]
+    assert chunked_offsets[image_end] == chunked_offsets[image_end + 1] == newline_offsets
+    text_only = "USER: hi ASSISTANT: A red square.</s>USER: ok"
+    assert small_processor(text=text_only)["input_ids"] == one_pass(text=text_only)["input_ids"]
+
+
+def test_chunked_tokenization_pads_and_truncates_like_a_tokenizer_call(small_processor, tokenizer):
+    texts = ["<image> hi", "USER: <image>\nWhat is in the image? ASSISTANT:"]
+    images = [red_image(), red_image()]
+    batch = small_processor(text=texts, images=images, padding="max_length", max_length=64, padding_side="left")
+    singles = [small_processor(text=text, images=image)["input_ids"][0] for text, image in zip(texts, images)]
+    for row, mask, single in zip(batch["input_ids"], batch["attention_mask"], singles):
+        num_padding = 64 - len(single)
+        assert len(row) == 64 and row[num_padding:] == single and mask == [0] * num_padding + [1] * len(single)
+    multiple = small_processor(text=texts, images=images, padding=True, pad_to_multiple_of=8)
+    assert len(multiple["input_ids"][0]) % 8 == 0
+    cut = small_processor(text=texts[1], images=images[1], truncation=True, max_length=len(singles[1]) - 3)
+    assert cut["input_ids"][0] == singles[1][:-3]
+    with pytest.raises(ValueError, match="tokenize_images_separately=False"):
+        small_processor(text=texts[0], images=images[0], return_overflowing_tokens=True)
+
+
 def test_left_padded_batch_for_generation(small_processor):
     conversations = [
         [USER_IMAGE_TURN],
@@ -300,7 +347,8 @@ def test_left_padded_batch_for_generation(small_processor):
     first_real = attention_mask[1].tolist().index(1)
     assert input_ids[1, first_real] == small_processor.tokenizer.bos_token_id
     assert (input_ids == 320).sum(dim=1).tolist() == [16, 16]
-    assert small_processor.batch_decode(input_ids, skip_special_tokens=True)[1].endswith("USER: \nHi ASSISTANT:")
+    # The chunk after the image starts with the SentencePiece prefix "▁" (official ids), decoded as a space.
+    assert small_processor.batch_decode(input_ids, skip_special_tokens=True)[1].endswith("USER:  \nHi ASSISTANT:")
 
 
 # --------------------------------------------------------------------------------------------- save / load
@@ -308,10 +356,14 @@ def test_left_padded_batch_for_generation(small_processor):
 
 def test_save_and_load_round_trip(tmp_path, tokenizer):
     image_processor = CrocImageProcessor(size={"shortest_edge": 56}, crop_size=56, image_aspect_ratio="square")
-    processor = CrocProcessor(image_processor, tokenizer, patch_size=28, vision_feature_select_strategy="full")
+    processor = CrocProcessor(
+        image_processor, tokenizer, patch_size=28, vision_feature_select_strategy="full",
+        tokenize_images_separately=False,
+    )
     processor.save_pretrained(str(tmp_path))
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["patch_size"] == 28 and saved["vision_feature_select_strategy"] == "full"
+    assert saved["tokenize_images_separately"] is False
     assert saved["num_additional_image_tokens"] == 1 and saved["image_token"] == "<image>"
     assert saved["image_processor"]["image_aspect_ratio"] == "square"
     assert (tmp_path / "chat_template.jinja").read_text() == CROC_CHAT_TEMPLATE
@@ -320,6 +372,8 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
     assert isinstance(reloaded.image_processor, CrocImageProcessor)
     assert reloaded.image_processor.image_aspect_ratio == "square"
     assert (reloaded.patch_size, reloaded.vision_feature_select_strategy) == (28, "full")
+    assert reloaded.tokenize_images_separately is False
+    assert CrocProcessor(image_processor, tokenizer).tokenize_images_separately is True
     assert reloaded.image_token_id == 320 and reloaded.chat_template == CROC_CHAT_TEMPLATE
     assert reloaded.tokenizer.padding_side == "right"
     inputs = {"text": "USER: <image>\nhi", "images": red_image(), "return_tensors": "pt"}
