@@ -27,10 +27,15 @@ def settings(quick: bool) -> dict:
 
 
 def save_checkpoints(quick: bool, folder: str) -> dict:
-    """Save a Croc model (the converter's output format: config + safetensors) and its LLaVA twin under `folder`."""
+    """Save a Croc model in the converter's output format and its LLaVA twin under `folder`.
+
+    Like a converted release, the Croc files keep the prompt pool and reconstruction head while its config says
+    `comprehension_modules=False`, so an inference load skips them.
+    """
     croc = common.build_croc(quick)
     llava = common.llava_twin(croc)
     paths = {"croc": os.path.join(folder, "croc"), "llava": os.path.join(folder, "llava")}
+    croc.config.comprehension_modules = False
     croc.save_pretrained(paths["croc"])
     llava.save_pretrained(paths["llava"])
     return paths

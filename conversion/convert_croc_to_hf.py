@@ -675,6 +675,7 @@ def build_croc_config(
             normalize_image_features=True,
             image_aspect_ratio=official.get("image_aspect_ratio") or "pad",
             croc_stage=False,
+            comprehension_modules=False,  # inference skips the pool and head; their weights stay in the files
             tie_word_embeddings=text_config.tie_word_embeddings,
             dtype=dtype,
             **extra,
@@ -684,9 +685,13 @@ def build_croc_config(
 
 
 def expected_state_dict_shapes(config: CrocConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of every tensor the converted model loads, from a model built on the meta device."""
+    """Key -> shape of every tensor the converted files hold, from a model built on the meta device.
+
+    The files always keep the comprehension modules (`from_pretrained(..., comprehension_modules=True)` loads them).
+    """
+    with_modules = CrocConfig.from_dict({**config.to_dict(), "comprehension_modules": True})
     with torch.device("meta"):
-        model = CrocForConditionalGeneration(config)
+        model = CrocForConditionalGeneration(with_modules)
     shapes = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
     if config.tie_word_embeddings:
         shapes.pop("lm_head.weight", None)

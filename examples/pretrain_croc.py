@@ -128,7 +128,8 @@ def training_arguments(args, stage, output_dir) -> TrainingArguments:
 def run_stage(args, stage_name: str, model_path, output_dir: Path) -> Path:
     """Train one stage from `model_path`; save the full model and processor to `output_dir`; return it."""
     stage = STAGES[stage_name]
-    model = AutoModelForImageTextToText.from_pretrained(model_path)
+    # Stage 1.5 starts the pool and head (fresh when the checkpoint has none, as officially); stage 2 carries them.
+    model = AutoModelForImageTextToText.from_pretrained(model_path, comprehension_modules=stage_name != "1")
     processor = AutoProcessor.from_pretrained(model_path)
     if args.official_objective:
         for field, value in OFFICIAL_OBJECTIVE.items():

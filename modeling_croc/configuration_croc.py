@@ -63,6 +63,11 @@ class CrocConfig(PreTrainedConfig):
             Preprocessing the checkpoint was trained with: `"pad"` (paste onto a square canvas of the CLIP mean
             colour, stages 1.5 and 2) or `"square"` (plain resize and centre crop, stage 1). Informational for the
             processor.
+        comprehension_modules (`bool`, *optional*, defaults to `True`):
+            Build the comprehension stage's modules (prompt pool and reconstruction head). Inference never uses them:
+            converted release checkpoints set this to `False`, so loading skips their weights (about 3% of Croc-7B)
+            although the files keep them; pass `from_pretrained(..., comprehension_modules=True)` to load them for
+            further pretraining. Required by `croc_stage`.
         croc_stage (`bool`, *optional*, defaults to `False`):
             Run the cross-modal comprehension objective whenever `labels` and images are given. Can be changed on a
             built model; it takes effect at the next forward.
@@ -161,6 +166,7 @@ class CrocConfig(PreTrainedConfig):
     multimodal_projector_bias: bool = True
     normalize_image_features: bool = True
     image_aspect_ratio: str = "pad"
+    comprehension_modules: bool = True
     croc_stage: bool = False
     prompt_pool_size: int = 2048
     replace_ratio: float = 0.75
@@ -203,6 +209,12 @@ class CrocConfig(PreTrainedConfig):
             raise ValueError(f"prompt_pool_size must be at least 1, got {self.prompt_pool_size}")
         if self.reconstruction_beta <= 0:
             raise ValueError(f"reconstruction_beta must be positive, got {self.reconstruction_beta}")
+        if self.croc_stage and not self.comprehension_modules:
+            raise ValueError(
+                "croc_stage=True needs the prompt pool and reconstruction head, but comprehension_modules is False. "
+                "Load with `from_pretrained(path, comprehension_modules=True)` (the converted release keeps their "
+                "weights) or build the config with comprehension_modules=True."
+            )
         if self.pool_matching == "hungarian" and self.prompt_pool_size < self.num_replaced_tokens:
             raise ValueError(
                 f"pool_matching='hungarian' assigns each replaced token its own pool row, so prompt_pool_size "

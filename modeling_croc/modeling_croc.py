@@ -148,6 +148,8 @@ class CrocPreTrainedModel(CrocHubMixin, PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # Checkpoints keep the comprehension modules; a model built without them (`comprehension_modules=False`) skips them.
+    _keys_to_ignore_on_load_unexpected = [r"prompt_pool$", r"reconstruction_head\."]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -165,7 +167,7 @@ class CrocPreTrainedModel(CrocHubMixin, PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, CrocModel):
+        if isinstance(module, CrocModel) and module.prompt_pool is not None:
             # The official pool is `torch.randn` (std 1), untouched by the HF initialisation.
             init.normal_(module.prompt_pool, mean=0.0, std=self.config.prompt_pool_init_std)
 
@@ -179,7 +181,9 @@ class CrocModel(CrocPreTrainedModel):
         self.multi_modal_projector = CrocMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
         # (P, H) learnable prompt tokens that stand in for replaced image tokens in the comprehension stage
-        self.prompt_pool = nn.Parameter(torch.empty(config.prompt_pool_size, config.text_config.hidden_size))
+        self.prompt_pool = None
+        if config.comprehension_modules:
+            self.prompt_pool = nn.Parameter(torch.empty(config.prompt_pool_size, config.text_config.hidden_size))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -372,7 +376,7 @@ class CrocForConditionalGeneration(CrocPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = CrocModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self.reconstruction_head = CrocReconstructionHead(config)
+        self.reconstruction_head = CrocReconstructionHead(config) if config.comprehension_modules else None
         self.post_init()
 
     def get_input_embeddings(self):

@@ -53,6 +53,11 @@ STAGES = {
 
 def configure_stage(model, stage: CrocStage) -> dict[str, int]:
     """Set `croc_stage` and which parameters train; the vision tower is always frozen. Returns trainable counts."""
+    if stage.croc_stage and not model.config.comprehension_modules:
+        raise ValueError(
+            f"Stage {stage.name} trains the prompt pool and reconstruction head, but this model was built without "
+            f"them: load it with `from_pretrained(path, comprehension_modules=True)`."
+        )
     model.config.croc_stage = stage.croc_stage
     for name, param in model.named_parameters():
         param.requires_grad_(_trains(name, stage))

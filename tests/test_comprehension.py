@@ -11,6 +11,7 @@ from conftest import (
 )
 from scipy.optimize import linear_sum_assignment
 
+from modeling_croc import CrocForConditionalGeneration
 from modeling_croc.comprehension import comprehension_attention_allowed, image_run_ids
 
 # ---------------------------------------------------------------- official parity
@@ -35,7 +36,7 @@ def official_stage_batch(image_token_id: int, num_image_tokens: int):
 def test_official_comprehension_loss_is_reproduced(converted_official):
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(converted_official).eval()
+    model = AutoModelForImageTextToText.from_pretrained(converted_official, comprehension_modules=True).eval()
     config = model.config
     config.croc_stage = True
     config.pool_matching, config.attention_scope, config.reconstruction_targets = "nearest", "prefix", "all"
@@ -281,3 +282,43 @@ def test_half_precision_comprehension_loss_is_finite(dtype):
     assert torch.isfinite(out.loss) and torch.isfinite(out.reconstruction_loss)
     out.loss.backward()
     assert torch.isfinite(model.model.prompt_pool.grad.float()).all()
+
+
+# ---------------------------------------------------------------- modules present only when asked
+
+
+def test_inference_models_can_skip_the_comprehension_modules(tmp_path):
+    model = tiny_croc_model()
+    model.save_pretrained(tmp_path)
+    ids = torch.tensor([image_prompt(model.config, [5], [6, 7])])
+    pixels = random_pixels(model.config, 1)
+    lean, info = CrocForConditionalGeneration.from_pretrained(
+        tmp_path, comprehension_modules=False, output_loading_info=True
+    )
+    assert lean.model.prompt_pool is None and lean.reconstruction_head is None
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert lean.num_parameters() < model.num_parameters()
+    with torch.no_grad():
+        assert torch.equal(lean(input_ids=ids, pixel_values=pixels).logits, model(input_ids=ids, pixel_values=pixels).logits)
+    full = CrocForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(full.model.prompt_pool, model.model.prompt_pool)
+
+
+def test_the_objective_refuses_a_model_without_its_modules():
+    with pytest.raises(ValueError, match="comprehension_modules=True"):
+        tiny_croc_model(croc_stage=True, comprehension_modules=False)
+    model = tiny_croc_model(comprehension_modules=False)
+    model.config.croc_stage = True
+    with pytest.raises(ValueError, match="comprehension_modules=True"):
+        _run_stage(model)
+
+
+def test_converted_release_loads_lean_and_keeps_the_pool_on_request(converted_official):
+    from transformers import AutoModelForImageTextToText
+
+    lean = AutoModelForImageTextToText.from_pretrained(converted_official)
+    assert lean.config.comprehension_modules is False and lean.model.prompt_pool is None
+    full = AutoModelForImageTextToText.from_pretrained(converted_official, comprehension_modules=True)
+    official = torch.load(OFFICIAL / "croc" / "pytorch_model.bin", weights_only=True)
+    assert torch.equal(full.model.prompt_pool, official["model.mask_token"])
+    assert torch.equal(full.reconstruction_head.out_proj.weight, official["transform_block.resize.weight"])

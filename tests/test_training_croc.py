@@ -87,3 +87,10 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     whole, accumulated = params_after_one_step(4, 1), params_after_one_step(2, 2)
     for name in whole:
         torch.testing.assert_close(whole[name], accumulated[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_comprehension_stage_needs_the_modules():
+    model = tiny_croc_model(comprehension_modules=False)
+    with pytest.raises(ValueError, match=r"comprehension_modules=True"):
+        configure_stage(model, STAGES["1.5"])
+    assert configure_stage(model, STAGES["2"])["language_model"] > 0
