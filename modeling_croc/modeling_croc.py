@@ -361,6 +361,13 @@ class CrocModel(CrocPreTrainedModel):
         """Comprehension stage: the mixed 4-D additive mask and matching position ids (padding-aware)."""
         if attention_mask is not None and attention_mask.ndim != 2:
             raise ValueError("The comprehension objective builds its own mask from a 2-D attention_mask")
+        implementation = self.language_model.config._attn_implementation or "sdpa"
+        if implementation.startswith("flash"):
+            raise ValueError(
+                f"The comprehension objective's mixed attention mask needs 'sdpa' or 'eager' attention, not "
+                f"{implementation!r} (the official stage 1.5 ran on SDPA too): "
+                f"model.set_attn_implementation('sdpa')."
+            )
         allowed = comprehension_attention_allowed(image_token_mask, attention_mask, labels, self.config.attention_scope)
         if position_ids is None and attention_mask is not None:
             position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T)

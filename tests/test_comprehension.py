@@ -322,3 +322,10 @@ def test_converted_release_loads_lean_and_keeps_the_pool_on_request(converted_of
     official = torch.load(OFFICIAL / "croc" / "pytorch_model.bin", weights_only=True)
     assert torch.equal(full.model.prompt_pool, official["model.mask_token"])
     assert torch.equal(full.reconstruction_head.out_proj.weight, official["transform_block.resize.weight"])
+
+
+def test_flash_attention_is_refused_for_the_mixed_mask():
+    model = tiny_croc_model(croc_stage=True)
+    model.model.language_model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="needs 'sdpa' or 'eager'"):
+        _run_stage(model)
