@@ -292,6 +292,17 @@ def test_qformer_stays_fp32_under_fp16(tmp_path):
     assert out.query_output.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
+def test_bfloat16_losses_are_finite(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    model = XFormerModel.from_pretrained(tmp_path, dtype=torch.bfloat16).train()
+    batch = {k: v.bfloat16() if v.is_floating_point() else v for k, v in tiny_batch().items()}
+    out = model(**batch)
+    for name in ("loss", "itc_loss", "itm_loss", "itg_loss", "reconstruction_loss"):
+        assert torch.isfinite(getattr(out, name)), name
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_contrastive_negatives_are_gathered_across_processes(monkeypatch):
     """Rank 1 of a simulated 2-process run sees the same ITC logits as one process holding both halves."""
     import torch.distributed as dist
