@@ -111,7 +111,8 @@ def pairwise_distances(queries: torch.Tensor, pool: torch.Tensor) -> torch.Tenso
     """Euclidean distances, fp32 and detached: queries [B, n, d], pool [m, d] -> [B, n, m]."""
     q = queries.detach().float()
     p = pool.detach().float().to(q.device)
-    return torch.cdist(q, p.unsqueeze(0).expand(q.shape[0], -1, -1))
+    # one [B*n, d] x [m, d] product instead of B expanded copies of the pool: same values, fewer passes over it
+    return torch.cdist(q.reshape(-1, q.shape[-1]), p).view(q.shape[0], q.shape[1], p.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,13 +301,14 @@ def hungarian_assignment(costs) -> np.ndarray:
 def _nearest_rows(queries: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     """Official matcher: argmin of torch.cdist in the queries' dtype, many-to-one. [B, n]"""
     q = queries.detach()
-    p = pool.detach().to(device=q.device, dtype=q.dtype).unsqueeze(0).expand(q.shape[0], -1, -1)
+    flat = q.reshape(-1, q.shape[-1])  # [B*n, d]: the pool is read once for all images
+    p = pool.detach().to(device=q.device, dtype=q.dtype)
     try:
-        distances = torch.cdist(q, p)  # [B, n, m]
+        distances = torch.cdist(flat, p)  # [B*n, m]
     except (NotImplementedError, RuntimeError):
         # CPU half/bfloat16 only has the matmul formulation, which cdist itself picks for > 25 rows
-        distances = torch.cdist(q, p, compute_mode="use_mm_for_euclid_dist")
-    return distances.argmin(dim=-1)
+        distances = torch.cdist(flat, p, compute_mode="use_mm_for_euclid_dist")
+    return distances.argmin(dim=-1).view(q.shape[0], q.shape[1])
 
 
 def match_prompt_pool(queries: torch.Tensor, pool: torch.Tensor, method: str) -> torch.Tensor:
