@@ -15,7 +15,6 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "croc-tiny-official"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OFFICIAL_PLACEHOLDER = -200  # the official code's image sentinel id
 
 
 def tiny_croc_config(**overrides):
@@ -67,13 +66,6 @@ def random_pixels(config, num_images: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     size = config.vision_config.image_size
     return torch.randn(num_images, 3, size, size, generator=generator)
-
-
-def expand_official_placeholder(row: torch.Tensor, image_token_id: int, num_image_tokens: int, fill) -> torch.Tensor:
-    """Official layout (one -200 per image) -> HF layout (`num_image_tokens` image tokens); `fill` for the run."""
-    at = int((row == OFFICIAL_PLACEHOLDER).nonzero()[0, 0])
-    run = torch.full((num_image_tokens,), fill if fill is not None else image_token_id, dtype=row.dtype)
-    return torch.cat([row[:at], run, row[at + 1 :]])
 
 
 @pytest.fixture(scope="session")
